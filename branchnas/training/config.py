@@ -1,0 +1,289 @@
+"""Training hyperparameters: the one place their defaults live.
+
+:class:`TrainConfig` is a dataclass whose field defaults are the defaults (each commented
+once, below). A search-space file's ``[training]`` table and the command line override
+them, in that order, through :meth:`TrainConfig.from_sources`; the trainer reads the
+resolved object and nothing else. :func:`add_train_arguments` and
+:func:`overrides_from_args` are the command line's side of that seam.
+
+The defaults are chosen for the embedded ``scenes`` space (a small CNN on 64x64 images):
+they train a single-task network to a sensible result on 2 CPU cores in a couple of minutes.
+
+Example:
+    >>> cfg = TrainConfig.from_sources({"lr": 0.01, "optimizer": "sgd"}, {"epochs": 3})
+    >>> (cfg.optimizer, cfg.lr, cfg.epochs)
+    ('sgd', 0.01, 3)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..errors import BranchnasError
+
+__all__ = [
+    "TrainConfig",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "AMP_MODES",
+    "RUNTIME_FIELDS",
+    "add_train_arguments",
+    "overrides_from_args",
+]
+
+OPTIMIZERS: Tuple[str, ...] = ("adam", "sgd")
+SCHEDULES: Tuple[str, ...] = ("none", "step", "poly")
+AMP_MODES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
+
+RUNTIME_FIELDS = frozenset({"eval_batch_size", "eval_every", "num_workers", "progress"})
+"""Fields that change how a run executes but not the weights it ends with; a run may be
+resumed with different values for them (every other field must match the run's config)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything the trainer needs to know besides the model, the tasks and the data.
+
+    Build it with :meth:`from_sources` (space-file defaults + overrides); constructing it
+    directly is fine too. Values are validated on construction.
+
+    Raises:
+        BranchnasError: on a value out of range or not among the choices.
+    """
+
+    optimizer: str = "adam"  # "adam" or "sgd" (SGD with `momentum`)
+    lr: float = 2e-3  # initial learning rate
+    momentum: float = 0.9  # SGD momentum; Adam ignores it
+    weight_decay: float = 1e-4  # L2 penalty on model parameters (never on loss-weighting ones)
+    epochs: int = 8  # passes over the training set
+    batch_size: int = 32  # images per training step
+    schedule: str = "poly"  # learning-rate decay: "none", "step" or "poly"
+    step_size: int = 30  # "step": epochs between two decays
+    gamma: float = 0.1  # "step": factor applied at each decay
+    poly_power: float = 0.9  # "poly": lr * (1 - iteration / total iterations) ** poly_power
+    seed: int = 0  # seeds model initialisation (where the caller builds it), data order, RNGs
+    weighting: str = "equal"  # loss weighting: "equal", "dwa" or "uncertainty"
+    dwa_temperature: float = 2.0  # DWA's temperature T (Liu et al. use 2)
+    memory_bounded: bool = False  # UberNet's memory-bounded backprop (training.memory)
+    async_updates: bool = False  # UberNet's asynchronous SGD: each group steps at its own batch size
+    shared_batch_size: Optional[int] = None  # async: samples per shared update (None: batch_size)
+    task_batch_size: Optional[int] = None  # async: labelled samples per task update (None: batch_size)
+    task_batch_sizes: Dict[str, int] = field(default_factory=dict)  # async: per-task overrides
+    amp: str = "auto"  # mixed precision: "auto" (CUDA: bf16, else fp16; CPU: off), "off", "bf16", "fp16"
+    eval_batch_size: int = 64  # images per evaluation step
+    eval_every: int = 1  # validate every n epochs (the last epoch always)
+    num_workers: int = 0  # DataLoader worker processes
+    max_train_batches: Optional[int] = None  # cap on training steps per epoch (tiny profiles)
+    max_val_batches: Optional[int] = None  # cap on validation batches (None: the whole set)
+    progress: bool = True  # show a tqdm progress bar
+
+    def __post_init__(self) -> None:
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("amp", self.amp, AMP_MODES)
+        for name in ("lr", "dwa_temperature", "poly_power"):
+            if not getattr(self, name) > 0:
+                raise BranchnasError(f"training {name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("momentum", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise BranchnasError(f"training {name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < self.gamma <= 1:
+            raise BranchnasError(f"training gamma must be in (0, 1], got {self.gamma!r}")
+        for name in ("epochs", "batch_size", "step_size", "eval_batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise BranchnasError(f"training {name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("shared_batch_size", "task_batch_size", "max_train_batches", "max_val_batches"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BranchnasError(f"training {name} must be >= 1 or unset, got {value!r}")
+        if self.num_workers < 0:
+            raise BranchnasError(f"training num_workers must be >= 0, got {self.num_workers!r}")
+        for task, value in self.task_batch_sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise BranchnasError(
+                    f"training task_batch_sizes[{task!r}] must be an integer >= 1, got {value!r}"
+                )
+        from .weighting import list_weightings  # the registry lists the choices
+
+        _check_choice("weighting", self.weighting, tuple(list_weightings()))
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_sources(
+        cls,
+        space_training: Optional[Mapping[str, Any]] = None,
+        overrides: Optional[Mapping[str, Any]] = None,
+    ) -> "TrainConfig":
+        """Defaults, then the search space's ``[training]`` table, then ``overrides``.
+
+        Args:
+            space_training: the space file's training defaults (``SearchSpace.training``).
+            overrides: e.g. from the command line (:func:`overrides_from_args`); None values
+                mean "not given" and are skipped.
+
+        Returns:
+            The resolved, validated config.
+
+        Raises:
+            BranchnasError: for an unknown key (named, with the known ones) or a value of the
+                wrong type.
+        """
+        values: Dict[str, Any] = {}
+        for source_name, source in (("search space [training]", space_training), ("override", overrides)):
+            for key, value in (source or {}).items():
+                if value is None and source_name == "override":
+                    continue
+                values[key] = _coerce(key, value, source_name)
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Rebuild a config from :meth:`to_dict` output (e.g. a run's ``config.json``)."""
+        return cls.from_sources(None, {k: v for k, v in data.items()})
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ derived values
+    def weighting_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for ``create_weighting(self.weighting, tasks, **kw)``."""
+        return {"temperature": self.dwa_temperature} if self.weighting == "dwa" else {}
+
+    def effective_batch_sizes(self, tasks: Any) -> Dict[str, int]:
+        """Asynchronous updates' batch size per group: ``"shared"`` and each task name.
+
+        Args:
+            tasks: the task names being trained.
+
+        Raises:
+            BranchnasError: if ``task_batch_sizes`` names a task not being trained.
+        """
+        names = list(tasks)
+        unknown = sorted(set(self.task_batch_sizes) - set(names))
+        if unknown:
+            raise BranchnasError(
+                f"training task_batch_sizes names unknown task(s) {', '.join(unknown)}; "
+                f"tasks being trained: {', '.join(names)}"
+            )
+        default_task = self.task_batch_size or self.batch_size
+        sizes = {"shared": self.shared_batch_size or self.batch_size}
+        for name in names:
+            sizes[name] = self.task_batch_sizes.get(name, default_task)
+        return sizes
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise BranchnasError(
+            f"training {name} {value!r} is not supported; choose one of: {', '.join(choices)}"
+        )
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check ``value`` against the type of field ``key``; ints are accepted for floats."""
+    if key not in _FIELDS:
+        raise BranchnasError(
+            f"unknown training setting {key!r} ({source}); known settings: {', '.join(_FIELDS)}"
+        )
+    annotation = str(_FIELDS[key].type)
+    optional = annotation.startswith("Optional[")
+    if value is None:
+        if optional:
+            return None
+        raise BranchnasError(f"training setting {key!r} cannot be empty; give a value")
+    bad = BranchnasError(
+        f"training setting {key!r} ({source}) expects {annotation.replace('Optional[', '').rstrip(']')}"
+        f", got {value!r}"
+    )
+    if "bool" in annotation:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if "Dict" in annotation:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise bad
+    if isinstance(value, bool):
+        raise bad
+    if "float" in annotation:
+        if isinstance(value, (int, float)):
+            return float(value)
+        raise bad
+    if "int" in annotation:
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        raise bad
+    if isinstance(value, str):
+        return value
+    raise bad
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _parse_task_size(text: str) -> Tuple[str, int]:
+    task, sep, size = text.partition("=")
+    if not sep or not task or not size.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected TASK=SIZE (e.g. seg=10), got {text!r}")
+    return task, int(size)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--<setting>`` option per :class:`TrainConfig` field (all default to unset).
+
+    Booleans take ``true``/``false``; ``--task-batch-size-for TASK=N`` may repeat.
+    Use :func:`overrides_from_args` on the parsed namespace.
+    """
+    group = parser.add_argument_group("training (overrides the search space's [training] table)")
+    for name, f in _FIELDS.items():
+        annotation = str(f.type)
+        flag = "--" + name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"(default: {default})"
+        if name == "task_batch_sizes":
+            group.add_argument("--task-batch-size-for", dest="train_task_batch_sizes",
+                               action="append", type=_parse_task_size, metavar="TASK=N",
+                               help="async: labelled samples per update of one task (repeatable)")
+        elif "bool" in annotation:
+            group.add_argument(flag, dest="train_" + name, type=_parse_bool, metavar="BOOL",
+                               help=help_text)
+        elif name in ("optimizer", "schedule", "amp"):
+            choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES}[name]
+            group.add_argument(flag, dest="train_" + name, choices=choices, help=help_text)
+        elif "float" in annotation:
+            group.add_argument(flag, dest="train_" + name, type=float, metavar="X", help=help_text)
+        elif "int" in annotation:
+            group.add_argument(flag, dest="train_" + name, type=int, metavar="N", help=help_text)
+        else:
+            group.add_argument(flag, dest="train_" + name, help=help_text)
+
+
+def overrides_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    """The training settings given on the command line (see :func:`add_train_arguments`)."""
+    out: Dict[str, Any] = {}
+    for name in _FIELDS:
+        value = getattr(args, "train_" + name, None)
+        if value is None:
+            continue
+        out[name] = dict(value) if name == "task_batch_sizes" else value
+    return out
