@@ -1,0 +1,108 @@
+"""Array plumbing shared by the affinity measures (private).
+
+Inputs arrive as numpy arrays or torch tensors of shape ``(K, ...)``; the measures view
+them as ``(K, F)`` matrices and stream them to the compute device in float64 column chunks,
+so a feature map with millions of values per image never has to be copied whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from ..errors import BranchnasError
+
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "as_matrix",
+    "as_tensor",
+    "column_chunks",
+    "first_nonfinite_row",
+    "resolve_device",
+]
+
+#: Upper bound on the bytes of one float64 chunk of a (K, F) feature matrix on the device.
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+DeviceLike = Union[str, torch.device, None]
+
+
+def resolve_device(device: DeviceLike) -> torch.device:
+    """The compute device: ``None`` picks CUDA when available, else the CPU.
+
+    Raises:
+        BranchnasError: for a device string torch does not understand or CUDA without a GPU.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise BranchnasError(f"unknown device {device!r} ({exc}); use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BranchnasError(f"device {device!r} asked for but CUDA is not available; use 'cpu' or leave device unset")
+    return dev
+
+
+def as_tensor(x: Any, *, what: str) -> torch.Tensor:
+    """``x`` (numpy array or tensor) as a detached tensor without copying where possible.
+
+    Raises:
+        BranchnasError: if ``x`` is neither an array nor a tensor, or is not numeric.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray):
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise BranchnasError(f"{what} has dtype {x.dtype}; give numeric arrays")
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    else:
+        raise BranchnasError(
+            f"{what} is a {type(x).__name__}; give a numpy array or a torch tensor"
+        )
+    if t.is_complex():
+        raise BranchnasError(f"{what} is complex; give real-valued arrays")
+    return t
+
+
+def as_matrix(x: Any, *, what: str) -> torch.Tensor:
+    """``x`` of shape ``(K, ...)`` viewed as ``(K, F)`` (a view when ``x`` is contiguous).
+
+    Raises:
+        BranchnasError: if ``x`` has fewer than 2 dimensions or no features per image.
+    """
+    t = as_tensor(x, what=what)
+    if t.ndim < 2:
+        raise BranchnasError(
+            f"{what} has shape {tuple(t.shape)}; give shape (K, ...) with features per image"
+        )
+    if t[0].numel() == 0 and t.shape[0] > 0:
+        raise BranchnasError(f"{what} has shape {tuple(t.shape)} with no features per image; give non-empty features")
+    return t.reshape(t.shape[0], -1)
+
+
+def column_chunks(
+    x: torch.Tensor, device: torch.device, chunk_bytes: int | None = None
+) -> Iterator[torch.Tensor]:
+    """Yield float64 column blocks of the (K, F) matrix ``x`` on ``device``.
+
+    Each block holds at most ``chunk_bytes`` bytes (at least one column).
+    """
+    limit = DEFAULT_CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
+    k, f = x.shape
+    cols = max(1, limit // (8 * max(k, 1)))
+    for start in range(0, f, cols):
+        yield x[:, start : start + cols].to(device=device, dtype=torch.float64)
+
+
+def first_nonfinite_row(block: torch.Tensor) -> int | None:
+    """Index of the first row of ``block`` holding a NaN or an infinity, else ``None``."""
+    bad = ~torch.isfinite(block)
+    if block.ndim > 1:
+        bad = bad.any(dim=1)
+    if not bool(bad.any()):
+        return None
+    return int(torch.nonzero(bad)[0, 0])
