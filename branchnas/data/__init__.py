@@ -13,6 +13,8 @@ from .base import (
     register_dataset,
     resize_item,
 )
+from .partial import HiddenLabels, UnionDataset, collate
+from .preview import render_preview
 from .scenes import ATTRIBUTES, SCENE_CLASSES, SCENES_TASKS, SEMSEG_CLASSES, ScenesDataset
 
 __all__ = [
@@ -28,4 +30,8 @@ __all__ = [
     "SCENE_CLASSES",
     "SEMSEG_CLASSES",
     "ATTRIBUTES",
+    "collate",
+    "UnionDataset",
+    "HiddenLabels",
+    "render_preview",
 ]
