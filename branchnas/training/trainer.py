@@ -1,0 +1,605 @@
+"""The trainer every stage uses: any multi-task model, partial labels, checkpoints, resume.
+
+:func:`train` fits a model whose ``forward(image, tasks=None)`` returns ``{task: pred}``:
+
+* device: CUDA when present (mixed precision there: bf16, or fp16 with a ``GradScaler``),
+  the CPU otherwise (fp32, seeded and deterministic);
+* losses from each :class:`~branchnas.tasks.Task`'s ``loss`` with the batch's ``present``
+  masks (a sample counts only for the tasks it is labelled for), combined by the
+  configured loss weighting (``equal``, ``dwa``, ``uncertainty``);
+* optionally UberNet's asynchronous per-group updates (:mod:`.async_updates`) and its
+  memory-bounded backward pass (``branchnas.training.memory``);
+* Adam or SGD with momentum, learning rate constant, step-decayed per epoch, or poly-decayed
+  per iteration (a pure function of the position in training, so nothing to restore);
+* the run directory contract (:class:`~branchnas.training.rundir.RunDir`): a metrics line
+  and an atomic checkpoint after every epoch, a ``done`` marker last. A run that finds a
+  checkpoint resumes from it; on the CPU the result equals an uninterrupted run's exactly
+  (each epoch's data order comes from a generator seeded with ``(seed, epoch)``, and the
+  checkpoint holds the model, optimizer, weighting, pending asynchronous gradients and
+  every RNG state);
+* validation with each task's ``meter()`` over the whole validation set.
+
+Example (with any model, tasks and datasets following docs/internals.md)::
+
+    result = train(model, space.tasks, train_set, val_set, TrainConfig(epochs=2), "runs/x")
+    result["seg"]["miou"], result["images_per_s"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ..errors import BranchnasError
+from .async_updates import SHARED, AsyncUpdater
+from .config import RUNTIME_FIELDS, TrainConfig
+from .rundir import RunDir
+from .weighting import ScaledWeighting, Weighting, create_weighting
+
+__all__ = [
+    "train",
+    "evaluate",
+    "resolve_device",
+    "resolve_amp",
+    "lr_factor",
+    "seed_everything",
+]
+
+log = logging.getLogger(__name__)
+
+Batch = Dict[str, Any]
+EpochCallback = Callable[[Dict[str, Any]], None]
+
+CHECKPOINT_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(device: Union[None, str, torch.device] = None) -> torch.device:
+    """``device`` as a ``torch.device``; None picks CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BranchnasError(f"device {device!r} requested but CUDA is not available; use cpu")
+    return dev
+
+
+def resolve_amp(
+    mode: str, device: torch.device, needs_plain_backward: bool = False
+) -> Optional[torch.dtype]:
+    """The autocast dtype for ``mode`` on ``device`` (None: fp32).
+
+    Args:
+        mode: ``auto``, ``off``, ``bf16`` or ``fp16`` (``TrainConfig.amp``).
+        device: the training device; mixed precision is used on CUDA only.
+        needs_plain_backward: True for asynchronous updates or memory-bounded backprop,
+            which cannot use fp16's dynamic loss scaling; ``auto`` then avoids fp16.
+
+    Raises:
+        BranchnasError: for fp16 together with ``needs_plain_backward``.
+    """
+    if mode == "off":
+        return None
+    if device.type != "cuda":
+        if mode != "auto":
+            log.warning("amp=%s ignored: mixed precision is used on CUDA only; training in fp32", mode)
+        return None
+    bf16_ok = torch.cuda.is_bf16_supported()
+    if mode == "auto":
+        if bf16_ok:
+            return torch.bfloat16
+        return None if needs_plain_backward else torch.float16
+    if mode == "bf16":
+        if not bf16_ok:
+            raise BranchnasError("amp=bf16 requested but this GPU lacks bf16; use amp=fp16 or off")
+        return torch.bfloat16
+    if needs_plain_backward:
+        raise BranchnasError(
+            "amp=fp16 needs loss scaling, which asynchronous updates and memory-bounded backprop "
+            "do not support; use amp=bf16 or amp=off"
+        )
+    return torch.float16
+
+
+def lr_factor(config: TrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the initial learning rate at ``step`` of ``epoch`` (both 0-based).
+
+    ``none``: 1. ``step``: ``gamma ** (epoch // step_size)``. ``poly``:
+    ``(1 - i / I) ** poly_power`` with ``i`` the iteration and ``I`` the total iterations.
+    """
+    if config.schedule == "step":
+        return config.gamma ** (epoch // config.step_size)
+    if config.schedule == "poly":
+        total = max(1, config.epochs * steps_per_epoch)
+        done = epoch * steps_per_epoch + step
+        return max(0.0, 1.0 - done / total) ** config.poly_power
+    return 1.0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The data-order generator of one epoch: a function of (seed, epoch) only."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % 2**63)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch seeds each worker from the loader's generator; derive numpy's and python's from it
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _default_collate() -> Callable[[List[Any]], Batch]:
+    from ..data import collate
+
+    return collate
+
+
+def _to_device(batch: Batch, device: torch.device, names: Sequence[str]) -> Batch:
+    """The image and the labels of ``names`` on ``device`` (other tasks' labels dropped)."""
+    nb = device.type == "cuda"
+    return {
+        "image": batch["image"].to(device, non_blocking=nb),
+        "labels": {t: batch["labels"][t].to(device, non_blocking=nb) for t in names},
+        "present": {t: batch["present"][t].to(device, non_blocking=nb) for t in names},
+    }
+
+
+def _task_names(tasks: Sequence[Any]) -> List[str]:
+    names = [t.name for t in tasks]
+    if not names:
+        raise BranchnasError("train() got no tasks; give at least one Task")
+    if len(set(names)) != len(names):
+        raise BranchnasError(f"train() got duplicate task names {names}; give each task once")
+    return names
+
+
+def _check_batch(batch: Batch, names: Sequence[str]) -> None:
+    missing = [t for t in names if t not in batch["labels"] or t not in batch["present"]]
+    if missing:
+        raise BranchnasError(
+            f"the dataset gives no labels for task(s) {', '.join(missing)}; "
+            f"it labels: {', '.join(batch['labels'])} (use a dataset, or UnionDataset, that covers them)"
+        )
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]) -> Any:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _make_optimizer(config: TrainConfig) -> Callable[[List[Dict[str, Any]]], torch.optim.Optimizer]:
+    def make(groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
+        for g in groups:
+            g.setdefault("base_lr", g.get("lr", config.lr))  # the schedule scales base_lr
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                                   weight_decay=config.weight_decay)
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+    return make
+
+
+def _model_groups(model: nn.Module, lr: float) -> List[Dict[str, Any]]:
+    """The model's optimizer param groups: its own ``param_groups(lr)`` when it has one
+    (e.g. cross-stitch units at 100× the rate), else one group of every trainable parameter."""
+    if callable(getattr(model, "param_groups", None)):
+        groups = [dict(g, params=[p for p in g["params"] if p.requires_grad])
+                  for g in model.param_groups(lr)]
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    return [g for g in groups if g["params"]]
+
+
+def _split_by_lr(params: Sequence[nn.Parameter], lrs: Mapping[int, float],
+                 lr: float) -> List[Dict[str, Any]]:
+    by_lr: Dict[float, List[nn.Parameter]] = {}
+    for p in params:
+        by_lr.setdefault(lrs.get(id(p), lr), []).append(p)
+    return [{"params": ps, "lr": value} for value, ps in by_lr.items()]
+
+
+def _async_groups(
+    model: nn.Module, weighting: Weighting, names: Sequence[str], lr: float
+) -> Dict[str, List[Dict[str, Any]]]:
+    """Parameter groups for asynchronous updates: shared + one per task (weighting's own
+    per-task parameters join their task, without weight decay); each split by the
+    learning rate the model's ``param_groups`` gives its parameters."""
+    if not (hasattr(model, "shared_parameters") and hasattr(model, "task_parameters")):
+        raise BranchnasError(
+            f"asynchronous updates need a model with shared_parameters() and task_parameters(task); "
+            f"{type(model).__name__} has not; set async_updates = false"
+        )
+    lrs = {id(p): float(g.get("lr", lr)) for g in _model_groups(model, lr) for p in g["params"]}
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    assigned = set()
+    shared = [p for p in model.shared_parameters() if p.requires_grad]
+    assigned.update(id(p) for p in shared)
+    for t in names:
+        own = [p for p in model.task_parameters(t) if p.requires_grad and id(p) not in assigned]
+        assigned.update(id(p) for p in own)
+        groups[t] = _split_by_lr(own, lrs, lr) + [
+            {"params": weighting.task_parameters(t), "weight_decay": 0.0}]
+    leftover = [p for p in model.parameters() if p.requires_grad and id(p) not in assigned]
+    if leftover:
+        log.info("asynchronous updates: %d parameter tensor(s) in no group are updated as shared",
+                 len(leftover))
+    w_own = {id(p) for t in names for p in weighting.task_parameters(t)}
+    w_rest = [p for p in weighting.parameters() if id(p) not in w_own]
+    groups[SHARED] = _split_by_lr(shared + leftover, lrs, lr) + [
+        {"params": w_rest, "weight_decay": 0.0}]
+    return {SHARED: groups.pop(SHARED), **groups}
+
+
+def _mean(sums: Dict[str, float], counts: Dict[str, int]) -> Dict[str, Optional[float]]:
+    return {t: (sums[t] / counts[t] if counts[t] else None) for t in sums}
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def evaluate(
+    model: nn.Module,
+    tasks: Sequence[Any],
+    dataset: Any,
+    device: Union[None, str, torch.device] = None,
+    batch_size: int = 64,
+    *,
+    collate_fn: Optional[Callable[[List[Any]], Batch]] = None,
+    max_batches: Optional[int] = None,
+    amp: str = "auto",
+    num_workers: int = 0,
+) -> Dict[str, Dict[str, float]]:
+    """Each task's metrics over ``dataset`` (exact, from ``Task.meter()``).
+
+    Args:
+        model: a multi-task model (``forward(image, tasks) -> {task: pred}``).
+        tasks: the :class:`Task` objects to evaluate.
+        dataset: items as in docs/internals.md (Data).
+        device: where to run (None: CUDA when available).
+        batch_size: images per step.
+        collate_fn: batches items (default: ``branchnas.data.collate``).
+        max_batches: evaluate only the first batches (tiny profiles); None: all.
+        amp: mixed-precision mode on CUDA (``TrainConfig.amp``).
+        num_workers: DataLoader workers.
+
+    Returns:
+        ``{task: {metric: value}}``.
+    """
+    dev = resolve_device(device)
+    names = _task_names(tasks)
+    amp_dtype = resolve_amp(amp, dev)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        collate_fn=collate_fn or _default_collate(), pin_memory=dev.type == "cuda",
+        generator=torch.Generator().manual_seed(0),  # keeps workers off the global RNG
+    )
+    meters = {t.name: t.meter() for t in tasks}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                _check_batch(batch, names)
+                batch = _to_device(batch, dev, names)
+                with _autocast(dev, amp_dtype):
+                    preds = model(batch["image"], tasks=names)
+                for t in names:
+                    meters[t].update(preds[t].float(), batch["labels"][t], batch["present"][t])
+    finally:
+        model.train(was_training)
+    return {t: {k: float(v) for k, v in meters[t].compute().items()} for t in names}
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(
+    model: nn.Module,
+    tasks: Sequence[Any],
+    train_set: Any,
+    val_set: Any,
+    config: TrainConfig,
+    run_dir: Union[str, Path, RunDir],
+    device: Union[None, str, torch.device] = None,
+    *,
+    collate_fn: Optional[Callable[[List[Any]], Batch]] = None,
+    meta: Optional[Mapping[str, Any]] = None,
+    command: Optional[Sequence[str]] = None,
+    on_epoch_end: Optional[EpochCallback] = None,
+) -> Dict[str, Any]:
+    """Train ``model`` on ``tasks``, resuming ``run_dir`` if it holds a checkpoint.
+
+    A finished run (``done`` present) is not trained again: its stored result is returned.
+
+    Args:
+        model: a multi-task model: ``forward(image, tasks=None) -> {task: pred}``; for
+            asynchronous updates also ``shared_parameters()`` and ``task_parameters(task)``.
+        tasks: the :class:`~branchnas.tasks.Task` objects to train (loss and meter).
+        train_set: training items (docs/internals.md, Data); samples without a task's label
+            (``present`` False) do not count for that task.
+        val_set: validation items; metrics come from the whole set.
+        config: the resolved :class:`TrainConfig`.
+        run_dir: the run directory (path or :class:`RunDir`).
+        device: None picks CUDA when available, else the CPU.
+        collate_fn: batches items (default: ``branchnas.data.collate``).
+        meta: extra JSON-able facts stored in ``config.json`` (space, tree, ...); they must
+            match on resume.
+        command: the command line for ``command.txt`` (default: ``sys.argv``).
+        on_epoch_end: called with each epoch's metrics record after its checkpoint is
+            written (raising from it stops training; the run resumes from that epoch).
+
+    Returns:
+        ``{task: {metric: value}}`` (final validation metrics) plus ``"epochs"`` and
+        ``"images_per_s"`` (training throughput over all epochs).
+
+    Raises:
+        BranchnasError: on bad input (unknown weighting, tasks the data does not label,
+            a run directory started with another config, ...).
+    """
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if run.is_done():
+        log.info("%s is done; skipping training", run.path)
+        return run.read_result()
+    names = _task_names(tasks)
+    dev = resolve_device(device)
+    plain_backward = config.async_updates or config.memory_bounded
+    amp_dtype = resolve_amp(config.amp, dev, needs_plain_backward=plain_backward)
+    collate = collate_fn or _default_collate()
+    backward_fn = None
+    if config.memory_bounded:
+        try:
+            from .memory import memory_bounded_backward as backward_fn
+        except ImportError as exc:
+            raise BranchnasError(
+                f"memory-bounded backprop is unavailable ({exc}); set memory_bounded = false"
+            ) from None
+
+    model.to(dev)
+    weighting = create_weighting(config.weighting, names, **config.weighting_kwargs()).to(dev)
+    make_optimizer = _make_optimizer(config)
+    optimizer: Optional[torch.optim.Optimizer] = None
+    updater: Optional[AsyncUpdater] = None
+    if config.async_updates:
+        updater = AsyncUpdater(
+            _async_groups(model, weighting, names, config.lr), config.effective_batch_sizes(names),
+            make_optimizer,
+        )
+    else:
+        groups = _model_groups(model, config.lr) + [
+            {"params": list(weighting.parameters()), "weight_decay": 0.0}]
+        optimizer = make_optimizer([g for g in groups if g["params"]])
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    num_params = sum(p.numel() for p in model.parameters())
+    run_config = {**config.to_dict(), "tasks": names, "model": type(model).__name__,
+                  "parameters": num_params, **dict(meta or {})}
+    run.start(run_config, seed=config.seed, command=command, device=str(dev),
+              ignore_keys=RUNTIME_FIELDS)
+
+    ckpt = run.load_checkpoint(map_location="cpu")
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        weighting.load_state_dict(ckpt["weighting"])
+        if updater is not None:
+            updater.load_state_dict(ckpt["updater"])
+        else:
+            assert optimizer is not None
+            optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler") is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        start_epoch = int(ckpt["epoch"])
+        log.info("%s: resuming after epoch %d of %d", run.path, start_epoch, config.epochs)
+    else:
+        seed_everything(config.seed)
+        start_epoch = 0
+    run.truncate_metrics(start_epoch)
+
+    n_train = len(train_set)
+    drop_last = n_train >= config.batch_size  # no ragged last batch (BatchNorm), unless tiny
+    steps = (n_train // config.batch_size) if drop_last else 1
+    if config.max_train_batches is not None:
+        steps = min(steps, config.max_train_batches)
+    if n_train == 0:
+        raise BranchnasError("the training set is empty; check the dataset and its split")
+
+    for epoch in range(start_epoch, config.epochs):
+        loader = DataLoader(
+            train_set, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
+            generator=_epoch_generator(config.seed, epoch), collate_fn=collate,
+            num_workers=config.num_workers, worker_init_fn=_seed_worker,
+            pin_memory=dev.type == "cuda",
+        )
+        model.train()
+        weighting.train()
+        sums = {t: 0.0 for t in names}
+        counts = {t: 0 for t in names}
+        total_sum, images = 0.0, 0
+        lr_now = config.lr
+        bar = _progress(loader, steps, f"epoch {epoch + 1}/{config.epochs}", config.progress)
+        t0 = time.perf_counter()
+        for step, batch in enumerate(bar):
+            if step >= steps:
+                break
+            _check_batch(batch, names)
+            factor = lr_factor(config, epoch, step, steps)
+            # (looked up each step: load_state_dict replaces an optimizer's group dicts)
+            groups = updater.param_groups() if updater is not None else optimizer.param_groups
+            for g in groups:
+                g["lr"] = g["base_lr"] * factor
+            if step == 0:
+                lr_now = config.lr * factor
+            n_present = {t: int(batch["present"][t].sum()) for t in names}
+            bsz = int(batch["image"].shape[0])
+            batch = _to_device(batch, dev, names)
+
+            # async: gradients summed over labelled samples; else: tasks without labels left out
+            # (also for backward code that calls combine() without `present`)
+            scales = n_present if updater is not None else {t: float(n > 0) for t, n in n_present.items()}
+            backward_weighting = ScaledWeighting(weighting, scales=scales)
+            losses = _backward(model, batch, tasks, names, backward_weighting, n_present,
+                               dev, amp_dtype, scaler, backward_fn)
+
+            if updater is not None:
+                updater.step({SHARED: bsz, **n_present})
+            else:
+                assert optimizer is not None
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+            with torch.no_grad():
+                detached = {t: l.detach().float() for t, l in losses.items()}
+                batch_total = float(weighting.combine(detached, present=n_present))
+            for t in names:
+                if n_present[t]:
+                    sums[t] += float(detached[t]) * n_present[t]
+                    counts[t] += n_present[t]
+            if not math.isfinite(batch_total):
+                raise BranchnasError(
+                    f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {batch_total}); "
+                    "lower the learning rate"
+                )
+            total_sum += batch_total * bsz
+            images += bsz
+            if config.progress and (step % 5 == 0 or step == steps - 1):
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{batch_total:.4f}", img_s=f"{images / elapsed:.1f}")
+        train_time = time.perf_counter() - t0
+        bar.close()
+
+        mean_losses = _mean(sums, counts)
+        weights_used = weighting.current_weights()
+        weighting.end_epoch({t: v for t, v in mean_losses.items() if v is not None})
+        last = epoch + 1 == config.epochs
+        val: Optional[Dict[str, Dict[str, float]]] = None
+        t1 = time.perf_counter()
+        if last or (epoch + 1) % config.eval_every == 0:
+            val = evaluate(model, tasks, val_set, dev, config.eval_batch_size, collate_fn=collate,
+                           max_batches=config.max_val_batches, amp=config.amp,
+                           num_workers=config.num_workers)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": mean_losses,
+            "train_total": total_sum / max(images, 1),
+            "weights": weights_used,
+            "val": val,
+            "lr": lr_now,
+            "time_s": round(train_time, 4),
+            "eval_time_s": round(time.perf_counter() - t1, 4),
+            "images": images,
+            "images_per_s": images / train_time if train_time > 0 else None,
+        }
+        run.append_metrics(record)
+        run.save_checkpoint({
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch + 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "updater": updater.state_dict() if updater is not None else None,
+            "weighting": weighting.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": _rng_state(),
+            "config": config.to_dict(),
+        })
+        log.info(
+            "%s epoch %d/%d: loss %.4f, %.1f img/s%s", run.path.name, epoch + 1, config.epochs,
+            record["train_total"], record["images_per_s"] or 0.0,
+            "" if val is None else ", val " + _short(val),
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    records = run.read_metrics()
+    final = next((r["val"] for r in reversed(records) if r.get("val") is not None), None)
+    if final is None:  # metrics.jsonl lost its records (e.g. deleted by hand): evaluate again
+        final = evaluate(model, tasks, val_set, dev, config.eval_batch_size, collate_fn=collate,
+                         max_batches=config.max_val_batches, amp=config.amp,
+                         num_workers=config.num_workers)
+    total_images = sum(r.get("images", 0) for r in records)
+    total_time = sum(r.get("time_s", 0.0) for r in records)
+    result: Dict[str, Any] = {t: final[t] for t in names}
+    result["epochs"] = config.epochs
+    result["images_per_s"] = total_images / total_time if total_time > 0 else None
+    run.mark_done(result)
+    log.info("%s done: %s", run.path, _short(final))
+    return result
+
+
+def _backward(
+    model: nn.Module,
+    batch: Batch,
+    tasks: Sequence[Any],
+    names: Sequence[str],
+    weighting: Any,
+    n_present: Mapping[str, int],
+    dev: torch.device,
+    amp_dtype: Optional[torch.dtype],
+    scaler: Optional["torch.amp.GradScaler"],
+    backward_fn: Optional[Callable[..., Dict[str, Tensor]]],
+) -> Dict[str, Tensor]:
+    """Fill ``.grad`` for one batch; return the per-task losses (detached or not)."""
+    if backward_fn is not None:
+        with _autocast(dev, amp_dtype):
+            return backward_fn(model, batch, list(tasks), weighting)
+    with _autocast(dev, amp_dtype):
+        preds = model(batch["image"], tasks=list(names))
+    losses = {
+        t.name: t.loss(preds[t.name].float(), batch["labels"][t.name], batch["present"][t.name])
+        for t in tasks
+    }
+    total = weighting.combine(losses, present=n_present)
+    (scaler.scale(total) if scaler is not None else total).backward()
+    return losses
+
+
+def _progress(loader: DataLoader, total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def _short(metrics: Mapping[str, Mapping[str, float]]) -> str:
+    return "; ".join(
+        f"{t}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items()) for t, m in metrics.items()
+    )
