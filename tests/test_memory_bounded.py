@@ -24,6 +24,15 @@ C = 4  # channels of every block
 HW = 8  # input size
 
 
+@pytest.fixture(autouse=True)
+def _float64():
+    """Compare in float64, so tolerances can be tight (only the summation order differs)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 class _Block(nn.Sequential):
     def __init__(self, cin: int, dropout: float) -> None:
         layers: List[nn.Module] = [nn.Conv2d(cin, C, 3, padding=1), nn.BatchNorm2d(C), nn.ReLU()]
@@ -175,13 +184,13 @@ def _assert_same_step(ref: List, mem: List, ref_losses, mem_losses) -> None:
                 assert gb[name] is None, name
             else:
                 assert gb[name] is not None, name
-                torch.testing.assert_close(gb[name], ga[name], rtol=1e-5, atol=1e-6, msg=name)
+                torch.testing.assert_close(gb[name], ga[name], rtol=1e-9, atol=1e-11, msg=name)
         buffers_a = dict(a_model.named_buffers())
         for name, buf in b_model.named_buffers():
             torch.testing.assert_close(buf, buffers_a[name], rtol=0, atol=0, msg=name)
     assert mem_losses.keys() == ref_losses.keys()
     for t in ref_losses:
-        torch.testing.assert_close(mem_losses[t], ref_losses[t], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(mem_losses[t], ref_losses[t], rtol=1e-12, atol=1e-12)
         assert not mem_losses[t].requires_grad
 
 
@@ -280,3 +289,91 @@ def test_bad_inputs_raise_one_line_errors():
         memory_bounded_backward(model, batch, [_Task("t0"), _Task("t1")], _Equal())
     with pytest.raises(BranchnasError, match="no tasks"):
         memory_bounded_backward(model, _batch(tree), [], _Equal())
+
+
+# ---------------------------------------------------------------------------- real BranchedNet
+def _scenes_batch(space, b: int = 3, hw: int = 32, absent: Optional[str] = None) -> dict:
+    """Random labels in each scenes task's format (docs/internals.md), a third unlabelled."""
+    gen = torch.Generator().manual_seed(11)
+    labels: Dict[str, Tensor] = {}
+    for t in space.tasks:
+        if t.type == "segmentation":
+            labels[t.name] = torch.randint(0, t.params["num_classes"], (b, hw, hw), generator=gen)
+        elif t.type == "classification":
+            labels[t.name] = torch.randint(0, t.params["num_classes"], (b,), generator=gen)
+        elif t.type == "normals":
+            labels[t.name] = F.normalize(torch.randn(b, 3, hw, hw, generator=gen), dim=1)
+        elif t.type == "edges":
+            labels[t.name] = (torch.rand(b, 1, hw, hw, generator=gen) > 0.8).float()
+        else:
+            labels[t.name] = torch.rand(b, 1, hw, hw, generator=gen) + 0.5
+    present = {t: torch.tensor([True] * (b - 1) + [False]) for t in space.task_names}
+    if absent is not None:
+        present[absent] = torch.zeros(b, dtype=torch.bool)
+    return {"image": torch.randn(b, 3, hw, hw, generator=gen), "labels": labels, "present": present}
+
+
+def _trainer_step(model, batch, tasks, weighting) -> Dict[str, Tensor]:
+    """The trainer's ordinary step (training.trainer._backward without autocast, in float64)."""
+    preds = model(batch["image"], tasks=[t.name for t in tasks])
+    losses = {
+        t.name: t.loss(preds[t.name], batch["labels"][t.name], batch["present"][t.name])
+        for t in tasks
+    }
+    n_present = {t: int(p.sum()) for t, p in batch["present"].items()}
+    weighting.combine(losses, present=n_present).backward()
+    return {t: l.detach() for t, l in losses.items()}
+
+
+@pytest.mark.parametrize(
+    "groupings, weighting, dropout",
+    [
+        # contiguous groups: the heads draw their dropout masks in BranchedNet's order
+        ([["semseg", "depth", "normals", "edges", "scene"]] * 4, "equal", True),
+        ([["semseg", "depth", "normals", "edges", "scene"]] * 3
+         + [[["semseg", "depth"], ["normals", "edges", "scene"]]], "uncertainty", True),
+        ([["semseg", "depth", "normals", "edges", "scene"]] * 2
+         + [[["semseg", "depth", "normals"], ["edges", "scene"]]]
+         + [[["semseg"], ["depth", "normals"], ["edges"], ["scene"]]], "scaled-uncertainty", True),
+        # interleaved groups: masks are drawn in another order, so compare without dropout
+        ([["semseg", "depth", "normals", "edges", "scene"]]
+         + [[["semseg", "normals"], ["depth", "edges", "scene"]]] * 2
+         + [[["semseg", "normals"], ["depth", "scene"], ["edges"]]], "scaled-uncertainty", False),
+    ],
+)
+def test_branched_net_on_scenes_matches_the_trainers_ordinary_step(groupings, weighting, dropout):
+    from branchnas.models import BranchedNet
+    from branchnas.spaces import load_space
+    from branchnas.training.weighting import ScaledWeighting, create_weighting
+
+    space = load_space("scenes")
+    names = space.task_names
+    groupings = [[g] if isinstance(g[0], str) else g for g in groupings]
+    tree = Tree(names, groupings)
+    torch.manual_seed(12)
+    model = BranchedNet(tree, space)
+    if not dropout:
+        for m in model.modules():
+            if isinstance(m, (nn.Dropout, nn.Dropout2d)):
+                m.eval()
+    base = create_weighting("equal" if weighting == "equal" else "uncertainty", names)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.copy_(torch.randn_like(p))
+    w = base
+    if weighting == "scaled-uncertainty":  # what the trainer hands to backward code
+        w = ScaledWeighting(base, scales={t: float(t != "edges") for t in names})
+    batch = _scenes_batch(space, absent="edges" if weighting == "scaled-uncertainty" else None)
+    tasks = list(space.tasks)
+
+    ref_model, ref_base = copy.deepcopy(model), copy.deepcopy(base)
+    mem_model, mem_base = copy.deepcopy(model), copy.deepcopy(base)
+    wrap = lambda b: ScaledWeighting(b, scales=w.scales) if w is not base else b  # noqa: E731
+    torch.manual_seed(13)
+    ref_losses = _trainer_step(ref_model, batch, tasks, wrap(ref_base))
+    torch.manual_seed(13)
+    mem_losses = memory_bounded_backward(mem_model, batch, tasks, wrap(mem_base))
+    _assert_same_step([ref_model, [ref_base]], [mem_model, [mem_base]], ref_losses, mem_losses)
+    assert any(p.grad is not None and p.grad.any() for p in mem_base.parameters()) == (
+        weighting != "equal"
+    )

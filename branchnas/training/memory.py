@@ -284,6 +284,8 @@ def _forward_node(step: _Step, d: int, g: int, x: Tensor) -> None:
 
 def _head_loss(step: _Step, name: str, features: Tensor) -> Tensor:
     pred = step.model.heads[name](features, out_hw=step.out_hw)
+    if pred.dtype in (torch.float16, torch.bfloat16):  # autocast: the loss in fp32, as the trainer
+        pred = pred.float()
     return step.tasks[name].loss(pred, step.labels[name], step.present[name])
 
 
