@@ -204,7 +204,7 @@ def test_non_square_resolution():
 
 
 def test_cache_roundtrip_and_corruption(tmp_path, caplog):
-    kw = dict(split="val", size=4, resolution=16, seed=1, cache_dir=tmp_path)
+    kw = {"split": "val", "size": 4, "resolution": 16, "seed": 1, "cache_dir": tmp_path}
     fresh = ScenesDataset(**{**kw, "cache_dir": False})
     first = ScenesDataset(**kw)
     entries = list((tmp_path / "scenes").iterdir())

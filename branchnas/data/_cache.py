@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import BranchnasError
 
-__all__ = ["default_cache_dir", "config_key", "cached_arrays"]
+__all__ = ["cached_arrays", "config_key", "default_cache_dir"]
 
 logger = logging.getLogger(__name__)
 

@@ -24,21 +24,21 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 __all__ = [
-    "SPHERE",
     "BOX",
-    "CYLINDER",
     "CONE",
-    "SHAPE_NAMES",
-    "NUM_PLANES",
+    "CYLINDER",
     "MAX_OBJECTS",
+    "NUM_PLANES",
+    "SHAPE_NAMES",
+    "SPHERE",
     "SceneObject",
     "SceneSpec",
-    "render_batch",
-    "intrinsics",
     "camera_rotation",
-    "project",
-    "focal_fraction",
     "chunked",
+    "focal_fraction",
+    "intrinsics",
+    "project",
+    "render_batch",
 ]
 
 SPHERE, BOX, CYLINDER, CONE = 0, 1, 2, 3

@@ -23,10 +23,10 @@ from ..errors import BranchnasError
 __all__ = [
     "Item",
     "TaskDataset",
-    "register_dataset",
-    "list_datasets",
-    "get_dataset",
     "create_dataset",
+    "get_dataset",
+    "list_datasets",
+    "register_dataset",
     "resize_item",
 ]
 
@@ -67,7 +67,7 @@ def create_dataset(
     tasks: Optional[Sequence[str]] = None,
     root: Optional[Any] = None,
     **kw: Any,
-) -> "TaskDataset":
+) -> TaskDataset:
     """Build a registered dataset.
 
     Args:
@@ -131,7 +131,7 @@ class TaskDataset(Dataset):
 
     def make_item(self, image: Tensor, labels: Dict[str, Tensor]) -> Item:
         """Assemble an item; every selected task is present."""
-        return {"image": image, "labels": labels, "present": {t: True for t in labels}}
+        return {"image": image, "labels": labels, "present": dict.fromkeys(labels, True)}
 
 
 # ----------------------------------------------------------------------- resize helpers

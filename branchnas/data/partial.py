@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 from ..errors import BranchnasError
 from .base import Item
 
-__all__ = ["collate", "UnionDataset", "HiddenLabels", "make_tasks"]
+__all__ = ["HiddenLabels", "UnionDataset", "collate", "make_tasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ class HiddenLabels(Dataset):
                 rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(i,)))
                 order = rng.permutation(n)
                 mask = np.zeros(n, bool)
-                mask[order[: int(round(self.hidden[name] * n))]] = True
+                mask[order[: round(self.hidden[name] * n)]] = True
                 self._mask[name] = mask
         self._task_objs: Optional[Dict[str, Any]] = None
 

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..errors import BranchnasError
 
-__all__ = ["preview_panels", "plot_preview", "render_preview"]
+__all__ = ["plot_preview", "preview_panels", "render_preview"]
 
 _DENSE_ORDER = ("segmentation", "depth", "normals", "edges", "instance", "keypoints")
 
@@ -112,7 +112,7 @@ def preview_panels(dataset: Dataset, n: int = 4, start: int = 0) -> List[Dict[st
             if s.get("type") == "classification":
                 words.append(f"{t}={int(v)}")
             elif s.get("type") == "binary" and torch.isfinite(v) and float(v) > 0.5:
-                words.append(t[5:] if t.startswith("attr_") else t)
+                words.append(t.removeprefix("attr_"))
         out.append({"panels": panels, "caption": ", ".join(words)})
     return out
 

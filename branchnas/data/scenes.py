@@ -114,17 +114,17 @@ from ._render import BOX, CONE, CYLINDER, MAX_OBJECTS, SPHERE, SceneObject, Scen
 from .base import Item, TaskDataset, register_dataset
 
 __all__ = [
-    "ScenesDataset",
-    "SCENES_TASKS",
-    "SEMSEG_CLASSES",
-    "SCENE_CLASSES",
-    "COLOURS",
     "ATTRIBUTES",
+    "COLOURS",
+    "RENDER_VERSION",
+    "SCENES_TASKS",
+    "SCENE_CLASSES",
+    "SEMSEG_CLASSES",
     "Attribute",
+    "ScenesDataset",
+    "render_scenes",
     "sample_scene",
     "scene_attributes",
-    "render_scenes",
-    "RENDER_VERSION",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,9 +215,9 @@ def _make_object(rng: np.random.Generator) -> Dict[str, Any]:
     else:
         radius, depth, height, yaw = s, s, 2 * s * rng.uniform(1.0, 1.6), 0.0
     albedo = np.clip(np.array(COLOURS[_COLOUR_NAMES[colour]]) * rng.uniform(0.9, 1.06), 0, 1)
-    return dict(shape=shape, colour=colour, shiny=shiny, radius=float(radius),
-                depth=float(depth), height=float(height), yaw=float(yaw),
-                albedo=tuple(float(a) for a in albedo))
+    return {"shape": shape, "colour": colour, "shiny": shiny, "radius": float(radius),
+            "depth": float(depth), "height": float(height), "yaw": float(yaw),
+            "albedo": tuple(float(a) for a in albedo)}
 
 
 def sample_scene(seed: int, split: str, index: int) -> SceneSpec:
