@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from branchnas.search import count_trees, search  # noqa: E402
+from branchnas.search import count_trees, search
 
 # thin-32 VGG-16 block params (conv1..conv5, fc6, fc7) and per-task linear head, used when
 # the search space cannot be loaded (values of branchnas.spaces at the time of writing)
@@ -87,7 +87,7 @@ def bench_exact_vs_exhaustive(sizes, exact_only, rng):
             rate = total / t_ex
             same = abs(ex.best.cost - dp.best.cost) < 1e-9
             print(f"{n:>3} {total:>15,} {t_ex:>13.2f} {rate:>12,.0f} {t_dp:>9.2f} "
-                  f"{t_ex / t_dp:>8.1f}x {str(same):>13}")
+                  f"{t_ex / t_dp:>8.1f}x {same!s:>13}")
         else:
             est = total / rate if rate else float("nan")
             print(f"{n:>3} {total:>15,} {'~' + format(est, ',.0f'):>13} {'(extrap.)':>12} "

@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Sequence
 from .errors import BranchnasError
 from .tree import Tree
 
-__all__ = ["tree_params", "tree_flops", "counts_total"]
+__all__ = ["counts_total", "tree_flops", "tree_params"]
 
 
 def _as_int(value: object, what: str) -> int:

@@ -60,7 +60,7 @@ class Tree:
             or when there are no depths or no tasks.
     """
 
-    __slots__ = ("_tasks", "_groupings", "_index_groupings", "_parents", "_hash")
+    __slots__ = ("_groupings", "_hash", "_index_groupings", "_parents", "_tasks")
 
     def __init__(self, tasks: Sequence[str], groupings: Sequence[Sequence[Sequence[str]]]) -> None:
         tasks_t = tuple(tasks)

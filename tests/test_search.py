@@ -152,7 +152,7 @@ def test_exhaustive_and_exact_equal_brute_force(seed):
             assert len(r.trees) == k
             assert [s.cost for s in r.trees] == pytest.approx([c for c, _ in expect[:k]], abs=1e-12)
             assert all(s.params <= budget for s in r.trees)
-            assert len(set(s.tree for s in r.trees)) == k
+            assert len({s.tree for s in r.trees}) == k
             for s in r.trees:
                 assert all(s.tree.num_groups(d) == 1 for d in range(prefix))
         ex = search(a, names(n), bp, int(budget), strategy="exhaustive", fixed_params=fixed,
@@ -289,7 +289,7 @@ def test_beam_search_feasible_and_deterministic():
     assert [s.tree for s in r1.trees] == [s.tree for s in r2.trees]
     assert all(s.params <= budget for s in r1.trees)
     assert [s.cost for s in r1.trees] == sorted(s.cost for s in r1.trees)
-    assert len(set(s.tree for s in r1.trees)) == 3
+    assert len({s.tree for s in r1.trees}) == 3
 
 
 def test_beam_finds_clear_clusters():
@@ -379,7 +379,7 @@ def test_random_strategy_seeded_and_within_budget():
     r3 = search(a, names(6), bp, 40, strategy="random", top_k=5, seed=4)
     assert [s.tree for s in r1.trees] == [s.tree for s in r2.trees]
     assert [s.tree for s in r1.trees] != [s.tree for s in r3.trees]
-    assert len(set(s.tree for s in r1.trees)) == 5
+    assert len({s.tree for s in r1.trees}) == 5
     assert all(s.params <= 40 for s in r1.trees)
     tight = search(a, names(6), bp, 15, strategy="random", top_k=3)
     assert [s.tree for s in tight.trees] == [Tree.fully_shared(names(6), 3)]  # only one fits

@@ -13,15 +13,15 @@ from ..errors import BranchnasError
 from ..tree import Tree
 
 __all__ = [
-    "SearchProblem",
     "ScoredTree",
+    "SearchProblem",
     "SearchResult",
     "StrategyOutput",
+    "create_strategy",
+    "get_strategy",
+    "list_strategies",
     "make_problem",
     "register_strategy",
-    "list_strategies",
-    "get_strategy",
-    "create_strategy",
 ]
 
 logger = logging.getLogger(__name__)

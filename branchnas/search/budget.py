@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import BranchnasError
-from ._common import ScoredTree, SearchProblem, make_problem
 from ..tree import Tree
+from ._common import ScoredTree, SearchProblem, make_problem
 
-__all__ = ["parse_budget", "format_budget", "PathPoint", "budget_path"]
+__all__ = ["PathPoint", "budget_path", "format_budget", "parse_budget"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ _SUFFIX = {"": 0, "k": 3, "m": 6, "g": 9, "b": 9, "t": 12}
 _PATTERN = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+))?\s*([kKmMgGbBtT]?)")
 
 
-def parse_budget(value: Union[str, int, float]) -> int:
+def parse_budget(value: Union[str, float]) -> int:
     """Parse a budget: an integer, or a string like "12M", "1.5G", "250k", "3e6", "12_000_000".
 
     Suffixes: k = 1e3, M = 1e6, G or B = 1e9, T = 1e12 (case-insensitive). Fractions are
@@ -169,7 +169,7 @@ def budget_path(
 
     if blist is None:
         lo, hi = problem.min_resource, problem.max_resource
-        blist = sorted({int(round(x)) for x in np.linspace(lo, hi, max(2, num_budgets))})
+        blist = sorted({round(x) for x in np.linspace(lo, hi, max(2, num_budgets))})
     points = []
     for b in blist:
         res = search(

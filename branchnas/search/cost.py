@@ -27,7 +27,7 @@ from ..errors import BranchnasError
 from ..tree import Tree
 from ._partitions import PartitionTable
 
-__all__ = ["clustering_cost", "group_cost", "depth_costs"]
+__all__ = ["clustering_cost", "depth_costs", "group_cost"]
 
 
 def group_cost(dis: np.ndarray, group: Sequence[int]) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from math import comb
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -24,7 +24,7 @@ from ._common import SearchProblem, StrategyOutput, register_strategy
 from ._partitions import partition_table, subset_max_table
 from .cost import partition_costs
 
-__all__ = ["count_trees", "enumerate_trees", "set_partitions", "ExhaustiveSearch"]
+__all__ = ["ExhaustiveSearch", "count_trees", "enumerate_trees", "set_partitions"]
 
 logger = logging.getLogger(__name__)
 

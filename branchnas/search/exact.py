@@ -240,7 +240,7 @@ class ExactSolver:
         heapq.heapify(heap)
         found: List[Tuple[int, ...]] = []
         while heap and len(found) < k:
-            f, res, _, kind, st = heapq.heappop(heap)
+            _f, res, _, kind, st = heapq.heappop(heap)
             if kind == 0:  # a node: complete, or expand lazily
                 d, pid, s_rem, g, chain = st
                 if d == self.depth - 1 or not s_rem:
