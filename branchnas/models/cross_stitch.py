@@ -70,11 +70,12 @@ def resolve_tasks(space: Any, tasks: Optional[Sequence[str]]) -> Tuple[str, ...]
         The task names as a tuple.
 
     Raises:
-        BranchnasError: for an empty list, an unknown or a repeated task.
+        BranchnasError: for an empty list, an unknown or a repeated task, or a name with
+            a '.' (module names cannot hold one).
     """
     known = tuple(space.task_names)
     if tasks is None:
-        return known
+        tasks = known
     if isinstance(tasks, str):
         tasks = [tasks]
     names = tuple(tasks)
@@ -85,6 +86,11 @@ def resolve_tasks(space: Any, tasks: Optional[Sequence[str]]) -> Tuple[str, ...]
         raise BranchnasError(
             f"task(s) {', '.join(map(str, unknown))} not in search space "
             f"{getattr(space, 'name', '?')!r}; choose from: {', '.join(known)}"
+        )
+    dotted = [t for t in names if "." in t]
+    if dotted:
+        raise BranchnasError(
+            f"task names may not contain '.', got {', '.join(dotted)}; rename the task(s)"
         )
     repeated = sorted({t for t in names if names.count(t) > 1})
     if repeated:

@@ -20,8 +20,11 @@ layer cannot be reached):
 * ``P`` resamples ``f_j(â_{j-1})`` to ``p_j``'s spatial size: adaptive max pooling when it
   shrinks (MTAN's 2×2 max pooling for a stride-2 block), bilinear interpolation when it
   grows, nothing when equal;
-* the mask's hidden width is the block's output width ``C_j`` (as MTAN's ``[2C, C, C]``);
-  convolutions before batch norm have no bias (the norm's shift makes it redundant);
+* the mask's hidden width and the bridge's output width are ``C_j / reduction``; the
+  default ``reduction = 1`` is MTAN's SegNet layout (``f_j`` to ``C_j``, masks
+  ``[2C, C, C]``); ``reduction = 4`` gives bottleneck-sized modules for wide backbones such
+  as ResNet-50 (whose ``reduction = 1`` attention adds about 40M parameters on Cityscapes);
+* convolutions before batch norm have no bias (the norm's shift makes it redundant);
 * block outputs of shape ``(B, C)`` are treated as ``1×1`` maps;
 * MTAN also attends inside its SegNet decoder; here decoding is the task heads' job, so
   attention covers the backbone's blocks only.
@@ -56,6 +59,15 @@ def _as_map(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _check_reduction(reduction: Any) -> int:
+    r = int(reduction) if isinstance(reduction, (int, float)) else 0
+    if r != reduction or r < 1:
+        raise BranchnasError(
+            f"MTAN reduction must be a positive integer, got {reduction!r}; use 1 or 4"
+        )
+    return r
+
+
 def _resample(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Bring a map to ``size``: max pooling to shrink, bilinear interpolation to grow."""
     h, w = x.shape[-2:]
@@ -70,17 +82,18 @@ class AttentionModule(nn.Module):
     """A task's soft mask at one block: 1×1 conv → BN → ReLU → 1×1 conv → BN → sigmoid.
 
     Args:
-        in_channels: channels of the mask's input (``C`` at the first block, ``2C`` after).
-        channels: channels ``C`` of the block output the mask multiplies (and hidden width).
+        in_channels: channels of the mask's input.
+        hidden: width of the hidden layer.
+        channels: channels ``C`` of the block output the mask multiplies.
     """
 
-    def __init__(self, in_channels: int, channels: int) -> None:
+    def __init__(self, in_channels: int, hidden: int, channels: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 1, bias=False),
-            nn.BatchNorm2d(channels),
+            nn.Conv2d(in_channels, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 1, bias=False),
+            nn.Conv2d(hidden, channels, 1, bias=False),
             nn.BatchNorm2d(channels),
             nn.Sigmoid(),
         )
@@ -104,6 +117,8 @@ class MTAN(nn.Module):
     Args:
         space: the search space (backbone blocks, heads, task names).
         tasks: the tasks (``None``: all of the space's).
+        reduction: the masks' hidden width and the bridges' output width are
+            ``max(1, C_j // reduction)`` (1: MTAN's SegNet layout).
 
     Attributes:
         tasks: the task names.
@@ -114,22 +129,27 @@ class MTAN(nn.Module):
         heads: ``nn.ModuleDict`` task → head, called as ``head(features, out_hw=...)``.
 
     Raises:
-        BranchnasError: for an unknown or repeated task.
+        BranchnasError: for an unknown or repeated task, or a reduction below 1.
     """
 
-    def __init__(self, space: Any, tasks: Optional[Sequence[str]] = None) -> None:
+    def __init__(
+        self, space: Any, tasks: Optional[Sequence[str]] = None, reduction: int = 1
+    ) -> None:
         super().__init__()
         names = resolve_tasks(space, tasks)
         self.tasks: Tuple[str, ...] = names
+        self.reduction = _check_reduction(reduction)
         backbone = space.backbone
         chans = [int(b.out_channels) for b in backbone.blocks]
+        narrow = [max(1, c // self.reduction) for c in chans]
         self.blocks = nn.ModuleList(backbone.make_block(d) for d in range(len(chans)))
         self.bridges = nn.ModuleList(
-            _bridge(chans[d - 1], chans[d]) for d in range(1, len(chans))
+            _bridge(chans[d - 1], narrow[d]) for d in range(1, len(chans))
         )
         self.attention = nn.ModuleDict({
             t: nn.ModuleList(
-                AttentionModule(c if d == 0 else 2 * c, c) for d, c in enumerate(chans)
+                AttentionModule(c if d == 0 else c + narrow[d], narrow[d], c)
+                for d, c in enumerate(chans)
             )
             for t in names
         })
@@ -199,16 +219,24 @@ class MTAN(nn.Module):
         return [{"name": "network", "params": list(self.parameters()), "lr": float(base_lr)}]
 
     @staticmethod
-    def count_params(space: Any, tasks: Optional[Sequence[str]] = None, **_: Any) -> int:
+    def count_params(
+        space: Any, tasks: Optional[Sequence[str]] = None, reduction: int = 1
+    ) -> int:
         """Parameters of an MTAN, from the space's metadata.
 
-        ``Σ_d params(block d) + Σ heads + Σ_{d≥1} (9·C_{d-1}·C_d + 2·C_d)`` (bridges) ``+ N ·
-        Σ_d (in_d·C_d + C_d² + 4·C_d)`` (masks; ``in_0 = C_0``, ``in_d = 2·C_d``).
+        With ``h_d = max(1, C_d // reduction)``: ``Σ_d params(block d) + Σ heads +
+        Σ_{d≥1} (9·C_{d-1}·h_d + 2·h_d)`` (bridges) ``+ N · Σ_d (in_d·h_d + h_d·C_d + 2·h_d
+        + 2·C_d)`` (masks; ``in_0 = C_0``, ``in_d = C_d + h_d``).
         """
         names = resolve_tasks(space, tasks)
+        r = _check_reduction(reduction)
         chans = [int(b.out_channels) for b in space.backbone.blocks]
-        bridges = sum(9 * chans[d - 1] * chans[d] + 2 * chans[d] for d in range(1, len(chans)))
-        masks = sum((c if d == 0 else 2 * c) * c + c * c + 4 * c for d, c in enumerate(chans))
+        hid = [max(1, c // r) for c in chans]
+        bridges = sum(9 * chans[d - 1] * hid[d] + 2 * hid[d] for d in range(1, len(chans)))
+        masks = sum(
+            ((c if d == 0 else c + h) * h + h * c + 2 * h + 2 * c)
+            for d, (c, h) in enumerate(zip(chans, hid))
+        )
         return (
             sum(int(p) for p in space.block_params)
             + sum(int(space.head_params[t]) for t in names)
