@@ -443,3 +443,12 @@ def test_shared_prefix_everything():
     for strategy in ("exhaustive", "exact", "beam", "fa", "random"):
         r = search(a, names(4), [1, 1], budget=3, strategy=strategy, shared_prefix=2)
         assert r.best.tree == Tree.fully_shared(names(4), 2)
+
+
+@pytest.mark.parametrize("strategy", ["exhaustive", "exact", "beam", "fa", "random"])
+@pytest.mark.parametrize("n,depth", [(1, 3), (3, 1)])
+def test_degenerate_sizes(strategy, n, depth):
+    a = np.ones((depth, n, n))
+    r = search(a, names(n), [10] * depth, budget=10 * depth, strategy=strategy, top_k=2)
+    assert r.best.tree == Tree.fully_shared(names(n), depth)
+    assert r.best.cost == 0.0 and r.best.params == 10 * depth

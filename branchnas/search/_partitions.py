@@ -72,9 +72,12 @@ class PartitionTable:
 
 
 def encode(rgs: np.ndarray, n: int) -> np.ndarray:
-    """Integer key of RGS rows (monotone in lexicographic order)."""
-    powers = n ** np.arange(n - 1, -1, -1, dtype=np.int64)
-    return rgs.astype(np.int64) @ powers
+    """Integer key of RGS rows (..., n) (monotone in lexicographic order)."""
+    key = np.zeros(rgs.shape[:-1], dtype=np.int64)
+    for i in range(n):
+        key *= n
+        key += rgs[..., i]
+    return key
 
 
 @lru_cache(maxsize=4)
@@ -130,16 +133,20 @@ def _build_refinements(table: PartitionTable) -> Tuple[np.ndarray, np.ndarray]:
     fine, coarse = [], []
     for k in range(1, table.n + 1):
         qs = table.levels[k]
-        sub = partition_table(k).rgs.astype(np.int16)  # (B_k, k)
-        q_rgs = table.rgs[qs].astype(np.int64)  # (S, n)
-        comp = sub[:, q_rgs]  # (B_k, S, n)
-        ids = table.ids_of(comp.reshape(-1, table.n)).reshape(sub.shape[0], qs.size)
+        sub_t = partition_table(k).rgs.T.astype(np.int64)  # (k, B_k)
+        key = np.zeros((qs.size, sub_t.shape[1]), dtype=np.int64)  # (S, B_k)
+        for i in range(table.n):  # element i of every composed partition, contiguous
+            key *= table.n
+            key += sub_t[table.rgs[qs, i]]
+        ids = np.searchsorted(table.keys, key).astype(np.int32)
+        del key
         coarse.append(ids.ravel())
-        fine.append(np.broadcast_to(qs, ids.shape).ravel())
+        fine.append(np.repeat(qs.astype(np.int32), ids.shape[1]))
     coarse_a = np.concatenate(coarse)
+    del coarse
     fine_a = np.concatenate(fine)
-    order = np.argsort(coarse_a, kind="stable")
-    idx = fine_a[order]
+    del fine
+    idx = fine_a[np.argsort(coarse_a)]  # order inside a list does not matter
     ptr = np.zeros(table.size + 1, dtype=np.int64)
     np.cumsum(np.bincount(coarse_a, minlength=table.size), out=ptr[1:])
     return ptr, idx

@@ -135,7 +135,11 @@ class _ChainScorer:
         n, depth = problem.num_tasks, problem.depth
         self.problem = problem
         self.table = partition_table(n)
-        self.ptr, self.idx = self.table.refinements()
+        if depth - problem.shared_prefix >= 2:
+            self.ptr, self.idx = self.table.refinements()
+        else:  # a single free depth: no refinement steps (each partition is its own list)
+            self.ptr = np.arange(self.table.size + 1, dtype=np.int64)
+            self.idx = np.arange(self.table.size, dtype=np.int64)
         self.costs = partition_costs(self.table, subset_max_table(problem.dis))
         self.res = problem.resource
         self.start = problem.shared_prefix
