@@ -17,6 +17,7 @@ from ..errors import BranchnasError
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "add_gram",
     "as_matrix",
     "as_tensor",
     "column_chunks",
@@ -106,3 +107,16 @@ def first_nonfinite_row(block: torch.Tensor) -> int | None:
     if not bool(bad.any()):
         return None
     return int(torch.nonzero(bad)[0, 0])
+
+
+def add_gram(gram: torch.Tensor, block: torch.Tensor) -> None:
+    """``gram += block @ block.T`` in place (float64, same device).
+
+    On the CPU the product goes through numpy, whose ``a @ a.T`` calls BLAS ``syrk`` (half
+    the work of a general product); on a GPU it is one ``addmm_``.
+    """
+    if block.device.type == "cpu":
+        b = block.contiguous().numpy()
+        gram += torch.from_numpy(b @ b.T)
+    else:
+        gram.addmm_(block, block.T)

@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from ..errors import BranchnasError
-from ._arrays import DeviceLike, as_matrix, column_chunks, first_nonfinite_row, resolve_device
+from ._arrays import (
+    DeviceLike,
+    add_gram,
+    as_matrix,
+    column_chunks,
+    first_nonfinite_row,
+    resolve_device,
+)
 from .measures import AffinityMeasure, register_measure
 
 __all__ = ["CKAMeasure", "cka_affinity"]
@@ -50,7 +57,7 @@ class CKAMeasure(AffinityMeasure):
                 raise BranchnasError(f"{what}: image {bad} has non-finite values (NaN or inf); "
                                      "check the network's outputs or drop that image")
             centred = block - block.mean(dim=0, keepdim=True)
-            gram.addmm_(centred, centred.T)
+            add_gram(gram, centred)
         norm = torch.linalg.matrix_norm(gram)
         if float(norm) == 0.0:
             raise BranchnasError(

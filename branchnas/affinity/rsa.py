@@ -22,6 +22,7 @@ from ..errors import BranchnasError
 from ._arrays import (
     DEFAULT_CHUNK_BYTES,
     DeviceLike,
+    add_gram,
     as_matrix,
     column_chunks,
     first_nonfinite_row,
@@ -88,7 +89,7 @@ def _centred_gram(x: torch.Tensor, device: torch.device, chunk_bytes: int | None
     gram = torch.zeros((k, k), dtype=torch.float64, device=device)
     for block in blocks():
         centred = block - mean
-        gram.addmm_(centred, centred.T)
+        add_gram(gram, centred)
     return gram
 
 
