@@ -6,7 +6,7 @@ cost of the search space (one copy of block d costs ``block_params[d]``; stem an
 
 - ``exhaustive``: score every tree (the paper's §3.2); up to ~8 tasks × 4 cut points.
 - ``exact``: the same optimum by dynamic programming over (depth, partition) states,
-  without enumerating trees; 10 tasks × 4 cut points in about a second.
+  without enumerating trees; 10 tasks × 4 cut points in seconds.
 - ``beam``: the paper's beam search for many tasks (spectral clustering top-down).
 - ``fa``: Lu et al. (2017)'s greedy layer-by-layer grouping (the paper's FA baseline).
 - ``random``: random refining partitions within the budget (seeded).

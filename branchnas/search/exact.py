@@ -20,8 +20,8 @@ Trees are recovered (top-1 or top-k) by best-first search whose heuristic is the
 completion cost ``M``: nodes pop in order of their final cost, so the first k complete trees
 popped are the k best, with no duplicates (each tree has one chain and one count sequence).
 
-Bell(10) = 115,975 partitions: 10 tasks × 4 cut points (4.2 billion trees) takes about a
-second on one core (see bench/bench_search.py).
+Bell(10) = 115,975 partitions: 10 tasks × 4 cut points (4.2 billion trees) takes a
+few seconds on one core (see bench/bench_search.py).
 """
 
 from __future__ import annotations
