@@ -421,23 +421,24 @@ def render_batch(specs: Sequence[SceneSpec], height: int, width: int) -> Dict[st
     slots = NUM_PLANES + objs.slot
     T[objs.scene, slots] = t_o
     surface = np.argmin(T, axis=1)  # (B, P)
-    sel = surface[:, None, :]
-    t = np.take_along_axis(T, sel, 1)[:, 0]
+    # flat index of (b, surface[b, p], p) into any (B, K, P) table
+    gather = ((np.arange(B)[:, None] * K + surface) * P + np.arange(P)).ravel()
+    t = T.reshape(-1)[gather].reshape(B, P)
     if not np.all(np.isfinite(t)):
         raise RuntimeError("a camera ray escaped the room; scene parameters out of range")
     del T
 
     # world normal and face of the visible surface, gathered from per-surface tables
+    table = np.empty((B, K, P), _F32)
     N = []
     for k in range(3):
-        table = np.empty((B, K, P), _F32)
         table[:, :NUM_PLANES] = _PLANE_NORMALS[:, k][None, :, None]
         table[objs.scene, slots] = n_o[k]
-        N.append(np.take_along_axis(table, sel, 1)[:, 0])
+        N.append(table.reshape(-1)[gather].reshape(B, P))
     N = _normalise(tuple(N))
     ftab = np.zeros((B, K, P), np.int8)
     ftab[objs.scene, slots] = f_o
-    face = np.take_along_axis(ftab, sel, 1)[:, 0]
+    face = ftab.reshape(-1)[gather].reshape(B, P)
     del ftab, table
 
     pts = tuple(o[k] + t * d[k] for k in range(3))
@@ -465,10 +466,11 @@ def render_batch(specs: Sequence[SceneSpec], height: int, width: int) -> Dict[st
     spec = spec_k * ndh**shininess * (lit > 0)
     lc = np.array([s.light_colour for s in specs], _F32)  # (B, 3)
     diffuse = 0.3 + 0.9 * lit / (1.0 + 0.02 * dist * dist)
-    rng_noise = np.stack([
-        np.random.default_rng(s.noise_seed).standard_normal((3, P), dtype=_F32) for s in specs
+    # sensor noise: uniform, zero mean, std 0.012 (cheaper to draw than Gaussian)
+    noise = np.stack([
+        np.random.default_rng(s.noise_seed).random((3, P), dtype=_F32) for s in specs
     ])
-    rgb = (albedo * diffuse[:, None] + spec[:, None]) * lc[:, :, None] + 0.012 * rng_noise
+    rgb = (albedo * diffuse[:, None] + spec[:, None]) * lc[:, :, None] + _NOISE * (noise - 0.5)
     image = np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
     # camera-frame normals: n_cam = R^T n_world
@@ -488,6 +490,8 @@ def render_batch(specs: Sequence[SceneSpec], height: int, width: int) -> Dict[st
         "edges": edges,
     }
 
+
+_NOISE = np.float32(0.012 * np.sqrt(12.0))  # width of the uniform noise with std 0.012
 
 # An occlusion edge: neighbouring pixels on different patches whose depths differ by more
 # than this fraction of the nearer one. A crease: the normals turn by more than CREASE_DEG.
@@ -521,36 +525,36 @@ def _edges(depth: np.ndarray, normals: np.ndarray, patch: np.ndarray) -> np.ndar
 
 
 def _materials(specs: Sequence[SceneSpec], objs: _Objects, surface: np.ndarray, pts: Vec):
-    """Albedo (B, 3, P), specular strength (B, P) and exponent (B, P) of each visible point."""
+    """Albedo (B, 3, P), specular strength (B, P) and exponent (B, P) of each visible point.
+
+    Each scene has a palette of rows: 0/1 floor colours a/b, 2/3 wall colours a/b, then
+    4 + k for object slot k; every pixel picks a row (plain surfaces have a = b).
+    """
     B, P = surface.shape
-    K = NUM_PLANES + MAX_OBJECTS
-    fcol = np.array([s.floor_colours for s in specs], _F32)  # (B, 2, 3)
-    wcol = np.array([s.wall_colours for s in specs], _F32)
+    R = NUM_PLANES + MAX_OBJECTS
     tile = np.array([[max(s.floor_tile, 1e-3)] for s in specs], _F32)
     stripe = np.array([[max(s.wall_stripe, 1e-3)] for s in specs], _F32)
-    # pattern index 0/1 per pixel (plain surfaces have equal colours a and b)
-    floor_b = ((np.floor(pts[0] / tile) + np.floor(pts[2] / tile)) % 2).astype(bool)
+    floor_b = (np.floor(pts[0] / tile) + np.floor(pts[2] / tile)) % 2
     coord = np.where(surface == 2, pts[0], pts[2])  # back wall: x, side walls: z
-    wall_b = (np.floor(coord / stripe) % 2).astype(bool)
-    alb_table = np.zeros((B, K, 3), _F32)  # per-surface albedo for objects
-    spec_table = np.full((B, K), 0.04, _F32)
-    shin_table = np.full((B, K), 8.0, _F32)
+    wall_b = np.floor(coord / stripe) % 2
+    row = np.where(surface == 0, floor_b,
+                   np.where(surface < NUM_PLANES, 2 + wall_b, surface)).astype(np.int64)
+    palette = np.zeros((B, R, 3), _F32)
+    palette[:, 0:2] = [s.floor_colours for s in specs]
+    palette[:, 2:4] = [s.wall_colours for s in specs]
+    spec_table = np.full((B, R), 0.04, _F32)
+    shin_table = np.full((B, R), 8.0, _F32)
     if len(objs.scene):
+        rows = NUM_PLANES + objs.slot
+        palette[objs.scene, rows] = [specs[b].objects[k].albedo
+                                     for b, k in zip(objs.scene, objs.slot)]
         shiny = np.array([specs[b].objects[k].shiny for b, k in zip(objs.scene, objs.slot)])
-        alb_table[objs.scene, NUM_PLANES + objs.slot] = [
-            specs[b].objects[k].albedo for b, k in zip(objs.scene, objs.slot)
-        ]
-        spec_table[objs.scene, NUM_PLANES + objs.slot] = np.where(shiny, 0.75, 0.05)
-        shin_table[objs.scene, NUM_PLANES + objs.slot] = np.where(shiny, 48.0, 6.0)
-    albedo = np.empty((B, 3, P), _F32)
-    for c in range(3):
-        obj_c = np.take_along_axis(alb_table[:, :, c], surface, 1)
-        floor_c = np.where(floor_b, fcol[:, 1:2, c], fcol[:, 0:1, c])
-        wall_c = np.where(wall_b, wcol[:, 1:2, c], wcol[:, 0:1, c])
-        albedo[:, c] = np.where(surface == 0, floor_c,
-                                np.where(surface < NUM_PLANES, wall_c, obj_c))
-    spec_k = np.take_along_axis(spec_table, surface, 1)
-    shininess = np.take_along_axis(shin_table, surface, 1)
+        spec_table[objs.scene, rows] = np.where(shiny, 0.75, 0.05)
+        shin_table[objs.scene, rows] = np.where(shiny, 48.0, 6.0)
+    flat = (np.arange(B)[:, None] * R + row).ravel()
+    albedo = palette.reshape(-1, 3)[flat].reshape(B, P, 3).transpose(0, 2, 1)
+    spec_k = spec_table.reshape(-1)[flat].reshape(B, P)
+    shininess = shin_table.reshape(-1)[flat].reshape(B, P)
     return albedo, spec_k, shininess
 
 

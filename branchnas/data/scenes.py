@@ -97,6 +97,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 """Bump when the renderer's output changes; it is part of the cache key."""
 
 SEMSEG_CLASSES: Tuple[str, ...] = ("floor", "wall") + _render.SHAPE_NAMES
@@ -347,13 +348,14 @@ def _build_attributes() -> Tuple[Attribute, ...]:
     add("has_shiny", "material", "some object is shiny", lambda s, f: bool(f["shiny"].any()))
     add("all_shiny", "material", "every object is shiny", lambda s, f: bool(f["shiny"].all()))
     add("has_warm_colour", "material", "some object is red or yellow",
-        lambda s, f: bool(np.isin(f["colour"], list(_WARM)).any()))
+        lambda s, f: not _WARM.isdisjoint(f["colour"].tolist()))
     add("has_cool_colour", "material", "some object is blue or cyan",
-        lambda s, f: bool(np.isin(f["colour"], list(_COOL)).any()))
+        lambda s, f: not _COOL.isdisjoint(f["colour"].tolist()))
     add("repeated_colour", "material", "two objects share a colour",
         lambda s, f: len(set(f["colour"].tolist())) < len(f["colour"]))
     add("shiny_warm", "material", "some red or yellow object is shiny",
-        lambda s, f: bool((np.isin(f["colour"], list(_WARM)) & f["shiny"]).any()))
+        lambda s, f: any(c in _WARM and sh for c, sh in zip(f["colour"].tolist(),
+                                                             f["shiny"].tolist())))
 
     for si, sname in enumerate(_render.SHAPE_NAMES):
         add(f"has_{sname}", "identity", f"some object is a {sname}",
@@ -364,7 +366,7 @@ def _build_attributes() -> Tuple[Attribute, ...]:
     add("all_same_shape", "identity", "all objects have the same shape",
         lambda s, f: len(set(f["shape"].tolist())) == 1)
     add("has_flat_top", "identity", "some object is a box or a cylinder",
-        lambda s, f: bool(np.isin(f["shape"], [BOX, CYLINDER]).any()))
+        lambda s, f: not {BOX, CYLINDER}.isdisjoint(f["shape"].tolist()))
     add("single_object", "identity", "exactly one object", lambda s, f: len(f["shape"]) == 1)
     add("many_objects", "identity", "three or more objects", lambda s, f: len(f["shape"]) >= 3)
 
@@ -495,20 +497,29 @@ def render_scenes(specs: Sequence[SceneSpec], resolution: Tuple[int, int]) -> Di
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_grid(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.divmod(np.arange(h * w, dtype=np.float64), w)
+    return yy, xx
+
+
 def _instance_offsets(ids: np.ndarray) -> np.ndarray:
-    """(2, H, W) float32 (dy, dx) from each instance pixel to its instance's pixel centroid."""
+    """(2, H, W) float32 (dy, dx) from each instance pixel to its instance's pixel centroid.
+
+    Args:
+        ids: (H, W) integer ids, 0 = no instance.
+    """
     h, w = ids.shape
-    out = np.full((2, h, w), np.nan, np.float32)
-    flat = ids.ravel().astype(np.int64)
-    n = int(flat.max()) + 1 if flat.size else 1
-    count = np.bincount(flat, minlength=n).astype(np.float64)
-    yy, xx = np.divmod(np.arange(h * w), w)
-    cy = np.bincount(flat, weights=yy, minlength=n) / np.maximum(count, 1)
-    cx = np.bincount(flat, weights=xx, minlength=n) / np.maximum(count, 1)
+    flat = ids.reshape(-1)
+    n = MAX_OBJECTS + 1
+    yy, xx = _pixel_grid(h, w)
+    count = np.maximum(np.bincount(flat, minlength=n), 1)
+    cy = np.bincount(flat, weights=yy, minlength=n) / count
+    cx = np.bincount(flat, weights=xx, minlength=n) / count
     inst = flat > 0
-    out[0].ravel()[inst] = (cy[flat[inst]] - yy[inst]).astype(np.float32)
-    out[1].ravel()[inst] = (cx[flat[inst]] - xx[inst]).astype(np.float32)
-    return out
+    dy = np.where(inst, cy[flat] - yy, np.nan).astype(np.float32)
+    dx = np.where(inst, cx[flat] - xx, np.nan).astype(np.float32)
+    return np.stack([dy, dx]).reshape(2, h, w)
 
 
 def _resolution(resolution: Union[int, Sequence[int]]) -> Tuple[int, int]:
@@ -582,7 +593,12 @@ class ScenesDataset(TaskDataset):
         else:
             cd = None if cache_dir is None or cache_dir is True else cache_dir
             self._arrays = cached_arrays("scenes", self.config, self._build, cd)
-        self._attr_index = {f"attr_{a.name}": i for i, a in enumerate(ATTRIBUTES)}
+        # image-level labels as small in-memory tensors: one row per item
+        attr_cols = [i for i, a in enumerate(ATTRIBUTES) if f"attr_{a.name}" in self.tasks]
+        self._attr_names = [f"attr_{ATTRIBUTES[i].name}" for i in attr_cols]
+        self._attr = torch.from_numpy(
+            np.array(self._arrays["attributes"])[:, attr_cols].astype(np.float32))
+        self._scene = torch.from_numpy(np.array(self._arrays["scene"], np.int64))
 
     def _build(self) -> Dict[str, np.ndarray]:
         logger.info("rendering %d %s scenes at %dx%d", self.size, self.split, *self.resolution)
@@ -630,11 +646,10 @@ class ScenesDataset(TaskDataset):
                 labels[name] = torch.from_numpy((np.asarray(a["edges"][i]) > 0)[None]
                                                 .astype(np.float32))
             elif name == "scene":
-                labels[name] = torch.tensor(int(a["scene"][i]), dtype=torch.int64)
-            else:
-                labels[name] = torch.tensor(float(a["attributes"][i, self._attr_index[name]]),
-                                            dtype=torch.float32)
-        return self.make_item(image, labels)
+                labels[name] = self._scene[i].clone()
+        if self._attr_names:
+            labels.update(zip(self._attr_names, self._attr[i].clone().unbind()))
+        return self.make_item(image, {t: labels[t] for t in self.tasks})
 
     def __repr__(self) -> str:
         return (f"ScenesDataset(split={self.split!r}, size={self.size}, "
