@@ -388,13 +388,14 @@ def test_compute_affinity_fa_uses_per_example_losses():
                                             batch_size=5, device=CPU, locations=["early", "late"])
     assert locations == ["early", "late"] and got.shape == (2, 3, 3)
     indices = select_images(len(data), 12, seed=2)
+    images = torch.stack([data[i]["image"] for i in indices])
     losses = {}
-    for t, task in zip(TASKS, tasks):
-        model = tiny_models()[t].eval()
+    for t, task, model in zip(TASKS, tasks, tiny_models().values()):
         with torch.no_grad():
-            rows = [task.loss(model(data[i]["image"][None])[t], data[i]["labels"][t][None],
-                              torch.tensor([data[i]["present"][t]]), reduction="none") for i in indices]
-        losses[t] = torch.cat(rows).numpy()
+            pred = model.eval()(images)[t]
+        target = torch.stack([data[i]["labels"][t] for i in indices])
+        present = torch.tensor([data[i]["present"][t] for i in indices])
+        losses[t] = task.loss(pred, target, present, reduction="none").numpy()
     assert np.isnan(losses["edges"]).any()  # unlabelled examples are skipped, not failed
     np.testing.assert_allclose(got, fa_affinity(losses, num_locations=2, device=CPU), atol=1e-12)
 
