@@ -44,12 +44,12 @@ def test_nyuv2_reads_mtan_layout(tmp_path):
     _write_nyuv2(tmp_path, "val", 2)
     ds = create_dataset("nyuv2", split="train", root=tmp_path)
     assert len(ds) == 3
-    assert ds.tasks == {"semseg": {"type": "segmentation", "num_classes": 13},
+    assert ds.tasks == {"semantic": {"type": "segmentation", "num_classes": 13},
                         "depth": {"type": "depth"}, "normals": {"type": "normals"}}
     it = ds[1]
     img = np.load(tmp_path / "train" / "image" / "1.npy")
     assert torch.allclose(it["image"], torch.from_numpy(img).permute(2, 0, 1))
-    seg = it["labels"]["semseg"]
+    seg = it["labels"]["semantic"]
     assert seg.dtype == torch.int64 and seg.shape == (H, W) and int(seg[0, 0]) == 255
     raw = np.load(tmp_path / "train" / "label" / "1.npy")
     assert torch.equal(seg[raw >= 0], torch.from_numpy(raw[raw >= 0].astype(np.int64)))
@@ -69,10 +69,10 @@ def test_nyuv2_reads_mtan_layout(tmp_path):
 def test_nyuv2_resize_and_optional_folders(tmp_path):
     _write_nyuv2(tmp_path, "train", 2, normals=False)
     ds = create_dataset("nyuv2", root=tmp_path, resolution=(12, 16))
-    assert list(ds.tasks) == ["semseg", "depth"]
+    assert list(ds.tasks) == ["semantic", "depth"]
     it = ds[0]
-    assert it["image"].shape == (3, 12, 16) and it["labels"]["semseg"].shape == (12, 16)
-    assert set(torch.unique(it["labels"]["semseg"]).tolist()) <= set(range(13)) | {255}
+    assert it["image"].shape == (3, 12, 16) and it["labels"]["semantic"].shape == (12, 16)
+    assert set(torch.unique(it["labels"]["semantic"]).tolist()) <= set(range(13)) | {255}
     with pytest.raises(BranchnasError, match=r"normal.*layout"):
         create_dataset("nyuv2", root=tmp_path, tasks=["normals"])
 
@@ -126,11 +126,11 @@ def _write_cityscapes(root, n=2, instance=True):
 def test_cityscapes_reads_mtan_layout(tmp_path):
     _write_cityscapes(tmp_path)
     ds = create_dataset("cityscapes", root=tmp_path)
-    assert ds.tasks["semseg"] == {"type": "segmentation", "num_classes": 19}
-    assert list(ds.tasks) == ["semseg", "depth", "instance"]
+    assert ds.tasks["semantic"] == {"type": "segmentation", "num_classes": 19}
+    assert list(ds.tasks) == ["semantic", "depth", "instance"]
     it = ds[1]
     raw = np.load(tmp_path / "train" / "label_19" / "1.npy")
-    seg = it["labels"]["semseg"]
+    seg = it["labels"]["semantic"]
     assert int(seg[-1, -1]) == 255 and torch.equal(seg[:-1], torch.from_numpy(raw[:-1]).long())
     off = it["labels"]["instance"]
     assert off.shape == (2, H, W)
@@ -140,9 +140,9 @@ def test_cityscapes_reads_mtan_layout(tmp_path):
     assert torch.allclose(off[0, :2, :3] + yy, torch.full((2, 3), 0.5))
     assert torch.allclose(off[1, :2, :3] + xx, torch.full((2, 3), 1.0))
     assert torch.allclose(off[0, 3:, 5:] + torch.arange(3.0, 6.0)[:, None], torch.tensor(4.0))
-    seven = create_dataset("cityscapes", root=tmp_path, classes=7, tasks=["semseg"])
-    assert seven.tasks["semseg"]["num_classes"] == 7
-    seg7 = seven[0]["labels"]["semseg"]
+    seven = create_dataset("cityscapes", root=tmp_path, classes=7, tasks=["semantic"])
+    assert seven.tasks["semantic"]["num_classes"] == 7
+    seg7 = seven[0]["labels"]["semantic"]
     assert int(seg7[-1, -1]) == 255 and int(seg7[seg7 != 255].max()) < 7
     # resizing scales the offsets with the image
     big = create_dataset("cityscapes", root=tmp_path, tasks=["instance"], resolution=(12, 16))
@@ -201,17 +201,18 @@ def test_celeba_reads_official_layout(tmp_path, official):
     values = _write_celeba(tmp_path, official=official)
     train = create_dataset("celeba", split="train", root=tmp_path)
     assert len(train) == 3 and len(create_dataset("celeba", split="test", root=tmp_path)) == 1
-    assert list(train.tasks) == CELEBA_ATTRS
+    names = [a.lower() for a in CELEBA_ATTRS]
+    assert list(train.tasks) == names and names[0] == "5_o_clock_shadow"
     assert all(spec == {"type": "binary"} for spec in train.tasks.values())
     it = train[2]
     assert it["image"].shape == (3, 22, 18) and it["image"].dtype == torch.float32
-    got = [float(it["labels"][a]) for a in CELEBA_ATTRS]
+    got = [float(it["labels"][a]) for a in names]
     assert got == [1.0 if v == 1 else 0.0 for v in values[2]]
-    val = create_dataset("celeba", split="val", root=tmp_path, tasks=["Smiling", "Male"],
+    val = create_dataset("celeba", split="val", root=tmp_path, tasks=["smiling", "male"],
                          resolution=16)
     item = val[0]
-    assert item["image"].shape == (3, 16, 16) and set(item["labels"]) == {"Smiling", "Male"}
-    assert float(item["labels"]["Smiling"]) == float(values[3][CELEBA_ATTRS.index("Smiling")] > 0)
+    assert item["image"].shape == (3, 16, 16) and set(item["labels"]) == {"smiling", "male"}
+    assert float(item["labels"]["smiling"]) == float(values[3][CELEBA_ATTRS.index("Smiling")] > 0)
 
 
 def test_celeba_errors(tmp_path):
@@ -255,6 +256,7 @@ def _write_taskonomy(root, buildings=("allensville", "beechwood"), views=2):
             _png16(root / "depth_zbuffer" / b / f"{stem}depth_zbuffer.png", depth)
             seg = RNG.integers(0, 18, (H, W)).astype(np.uint8)
             seg[0, 1] = 200
+            seg[0, 2], seg[0, 3], seg[0, 4], seg[0, 5] = 0, 1, 2, 17
             path = root / "segment_semantic" / b / f"{stem}segmentsemantic.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(seg).save(path)
@@ -280,7 +282,9 @@ def test_taskonomy_reads_per_building_folders(tmp_path):
     train = create_dataset("taskonomy", split="train", root=tmp_path)
     val = create_dataset("taskonomy", split="val", root=tmp_path)
     assert train.buildings == ["allensville"] and len(train) == 2 and len(val) == 2
-    assert list(train.tasks) == ["depth", "semseg", "scene", "edges", "keypoints"]
+    assert list(train.tasks) == ["depth", "semantic", "scene", "edges", "keypoints"]
+    assert train.tasks["semantic"]["num_classes"] == 17
+    assert train.tasks["scene"]["num_classes"] == 365
     it = train[1]
     stem = "point_1_view_0_domain_"
     raw = np.array(Image.open(tmp_path / "depth_zbuffer" / "allensville"
@@ -288,8 +292,12 @@ def test_taskonomy_reads_per_building_folders(tmp_path):
     depth = it["labels"]["depth"]
     assert math.isnan(float(depth[0, 0, 0]))
     assert torch.allclose(depth[0, 1:], torch.from_numpy(raw[1:] / 512.0).float())
-    seg = it["labels"]["semseg"]
-    assert int(seg[0, 1]) == 255 and int(seg.max()) == 255 and int(seg[seg != 255].max()) < 18
+    seg = it["labels"]["semantic"]
+    # raw 0 and 1 are background, 2..17 the 16 classes (shifted down), others ignored
+    assert seg[0, 1:6].tolist() == [255, 0, 0, 1, 16]
+    raw = np.array(Image.open(tmp_path / "segment_semantic" / "allensville"
+                              / f"{stem}segmentsemantic.png")).astype(np.int64)
+    assert torch.equal(seg[1:], torch.from_numpy(np.maximum(raw[1:] - 1, 0)))
     assert int(it["labels"]["scene"]) == 41 and it["labels"]["scene"].dtype == torch.int64
     edges = it["labels"]["edges"]
     assert edges.shape == (1, H, W) and 0 <= float(edges.min()) and float(edges.max()) <= 1
@@ -306,6 +314,14 @@ def test_taskonomy_reads_per_building_folders(tmp_path):
     assert e.shape == (1, 12, 12) and set(torch.unique(e).tolist()) <= {0.0, 1.0}
     explicit = create_dataset("taskonomy", root=tmp_path, buildings=["allensville", "beechwood"])
     assert len(explicit) == 4
+    # a subset of the 365 scene classes, given inline or as a file of indices
+    (tmp_path / "indoor.txt").write_text("7\n41\n40\n")
+    for subset in ([7, 41, 40], tmp_path / "indoor.txt"):
+        sub = create_dataset("taskonomy", root=tmp_path, tasks=["scene"], scene_subset=subset)
+        assert sub.tasks["scene"]["num_classes"] == 3
+        assert [int(sub[i]["labels"]["scene"]) for i in range(2)] == [2, 1]
+    with pytest.raises(BranchnasError, match="scene_subset"):
+        create_dataset("taskonomy", root=tmp_path, scene_subset=[1, 1])
 
 
 def test_taskonomy_errors(tmp_path):

@@ -11,8 +11,8 @@ torchvision uses::
 with the image count, a line with the attribute names, then ``<file> <±1 × 40>`` per image.
 ``list_eval_partition.txt``: ``<file> <0|1|2>`` per image (train / val / test).
 
-Tasks: one ``binary`` task per attribute, named exactly as in the file (``Smiling``,
-``5_o_Clock_Shadow``, ...), label 1 where the file says 1, 0 where it says -1.
+Tasks: one ``binary`` task per attribute, named as in the file but lower-cased
+(``smiling``, ``5_o_clock_shadow``, ...), label 1 where the file says 1, 0 where it says -1.
 Images are the aligned 178 × 218 crops, float in [0, 1]; ``resolution`` resizes them.
 """
 
@@ -131,6 +131,7 @@ class CelebADataset(TaskDataset):
         if not images.is_dir():
             raise BranchnasError(f"celeba: {images} is not a directory; expected layout: {LAYOUT}")
         names, files, values = read_attributes(attr)
+        names = [n.lower() for n in names]
         partition = read_partition(part)
         missing = [f for f in files if f not in partition]
         if missing:

@@ -13,7 +13,7 @@ Layout (what MTAN's ``create_dataset.py`` reads for CityScapes)::
 
 with i = 0 .. N-1. ``split="test"`` reads ``test/`` if present, else ``val/``.
 
-Tasks: ``semseg`` (segmentation; 19 classes from ``label_19`` by default, ``classes=7`` for
+Tasks: ``semantic`` (segmentation; 19 classes from ``label_19`` by default, ``classes=7`` for
 ``label_7``), ``depth``, and ``instance`` (offsets to each instance's pixel centroid, the
 paper's proxy task after Kendall et al., 2018) when the ``instance`` folder exists.
 """
@@ -36,7 +36,7 @@ __all__ = ["CityscapesDataset", "cityscapes_tasks"]
 def cityscapes_tasks(classes: int = 19) -> Dict[str, Dict[str, Any]]:
     """Tasks Cityscapes can label (name -> spec) for the given class set."""
     return {
-        "semseg": {"type": "segmentation", "num_classes": classes},
+        "semantic": {"type": "segmentation", "num_classes": classes},
         "depth": {"type": "depth"},
         "instance": {"type": "instance"},
     }
@@ -80,11 +80,11 @@ class CityscapesDataset(NpyFolderDataset):
 
     def _folders(self) -> Dict[str, Tuple[str, Dict[str, Any]]]:
         specs = cityscapes_tasks(self.classes)
-        return {"semseg": (f"label_{self.classes}", specs["semseg"]),
+        return {"semantic": (f"label_{self.classes}", specs["semantic"]),
                 "depth": ("depth", specs["depth"]), "instance": ("instance", specs["instance"])}
 
     def _convert(self, task: str, arr: np.ndarray, hw: Tuple[int, int], where: str) -> Tensor:
-        if task == "semseg":
+        if task == "semantic":
             return to_segmentation(arr, hw, self.classes, where)
         if task == "depth":
             return to_depth(arr, hw, where)

@@ -12,7 +12,7 @@ Layout (what MTAN's ``im2im_pred/create_dataset.py`` reads; the commonly shared
 with i = 0 .. N-1. ``split="test"`` reads ``test/`` if present, else ``val/`` (MTAN
 evaluates on it). Any label folder may be absent; the dataset then labels the others.
 
-Tasks: ``semseg`` (segmentation, 13 classes), ``depth``, ``normals``.
+Tasks: ``semantic`` (segmentation, 13 classes), ``depth``, ``normals``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .base import register_dataset
 __all__ = ["NYUV2_TASKS", "NYUv2Dataset"]
 
 NYUV2_TASKS: Dict[str, Dict[str, Any]] = {
-    "semseg": {"type": "segmentation", "num_classes": 13},
+    "semantic": {"type": "segmentation", "num_classes": 13},
     "depth": {"type": "depth"},
     "normals": {"type": "normals"},
 }
@@ -67,13 +67,13 @@ class NYUv2Dataset(NpyFolderDataset):
 
     def _folders(self) -> Dict[str, Tuple[str, Dict[str, Any]]]:
         return {
-            "semseg": ("label", NYUV2_TASKS["semseg"]),
+            "semantic": ("label", NYUV2_TASKS["semantic"]),
             "depth": ("depth", NYUV2_TASKS["depth"]),
             "normals": ("normal", NYUV2_TASKS["normals"]),
         }
 
     def _convert(self, task: str, arr: np.ndarray, hw: Tuple[int, int], where: str) -> Tensor:
-        if task == "semseg":
+        if task == "semantic":
             return to_segmentation(arr, hw, 13, where)
         if task == "depth":
             return to_depth(arr, hw, where)

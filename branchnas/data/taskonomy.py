@@ -22,9 +22,12 @@ Tasks (the paper's D, S, C, E, K) and encodings:
 =============  ==========================  ===============================================
 task           type                        stored as
 =============  ==========================  ===============================================
-``depth``      depth (metres)              16-bit PNG, units of 1/512 m; 65535 = invalid
-``semseg``     segmentation (18 classes)   8-bit PNG of class ids; ids >= 18 -> ignore
-``scene``      classification (365)        NPY: Places365 scores (argmax) or one class id
+``depth``      depth (metres)              16-bit PNG, units of 1/512 m; >= 64500 = invalid
+``semantic``   segmentation (17 classes)   8-bit PNG: 0 and 1 background, 2..17 the 16 COCO
+                                           classes (-> 0..16); other ids -> ignore
+``scene``      classification (365)        NPY: Places365 scores (argmax) or one class id;
+                                           ``scene_subset`` keeps some classes (e.g. the
+                                           63 indoor ones), renumbered 0..len-1
 ``edges``      edges                       16-bit PNG texture edges; value / 65535 (soft
                                            target), or binary with ``edge_threshold``
 ``keypoints``  keypoints                   16-bit PNG 2-D keypoint heatmap; value / 65535
@@ -56,7 +59,7 @@ LAYOUT = ("<root>/<domain>/<building>/point_<p>_view_<v>_domain_<domain>.png|npy
 
 TASKONOMY_DOMAINS: Dict[str, str] = {
     "depth": "depth_zbuffer",
-    "semseg": "segment_semantic",
+    "semantic": "segment_semantic",
     "scene": "class_scene",
     "edges": "edge_texture",
     "keypoints": "keypoints2d",
@@ -65,13 +68,15 @@ TASKONOMY_DOMAINS: Dict[str, str] = {
 
 _NAME = re.compile(r"^point_(\d+)_view_(\d+)_domain_\w+\.(png|npy)$")
 _SPLITS = ("train", "val", "test")
+_SEG_CLASSES = 17  # background + 16 COCO classes
+_DEPTH_INVALID = 64500  # 16-bit depth at or above this is no return (~126 m)
 
 
-def taskonomy_tasks(seg_classes: int = 18, scene_classes: int = 365) -> Dict[str, Dict[str, Any]]:
+def taskonomy_tasks(seg_classes: int = 17, scene_classes: int = 365) -> Dict[str, Dict[str, Any]]:
     """Tasks Taskonomy can label (name -> spec)."""
     return {
         "depth": {"type": "depth"},
-        "semseg": {"type": "segmentation", "num_classes": seg_classes},
+        "semantic": {"type": "segmentation", "num_classes": seg_classes},
         "scene": {"type": "classification", "num_classes": scene_classes},
         "edges": {"type": "edges"},
         "keypoints": {"type": "keypoints"},
@@ -114,7 +119,9 @@ class TaskonomyDataset(TaskDataset):
         resolution: None (native 512 × 512) or an int / (H, W) to resize to.
         edge_threshold: None for soft edge targets (value / 65535); a number in (0, 1) for
             binary targets (value / 65535 >= threshold).
-        seg_classes, scene_classes: class counts of ``semseg`` and ``scene``.
+        scene_subset: indices into the stored scene scores (a sequence, or a text file with
+            one index per line) that form the ``scene`` classes, in order; the label is the
+            best-scoring of them. None: all stored classes (365).
 
     Raises:
         BranchnasError: for a missing or malformed directory, naming the expected layout.
@@ -129,8 +136,7 @@ class TaskonomyDataset(TaskDataset):
         split_file: Union[str, Path, None] = None,
         resolution: Union[None, int, Sequence[int]] = None,
         edge_threshold: Optional[float] = None,
-        seg_classes: int = 18,
-        scene_classes: int = 365,
+        scene_subset: Union[None, str, Path, Sequence[int]] = None,
     ) -> None:
         if root is None:
             raise BranchnasError(f"taskonomy needs root=<dir>; expected layout: {LAYOUT}")
@@ -144,7 +150,9 @@ class TaskonomyDataset(TaskDataset):
             raise BranchnasError(
                 f"taskonomy: {self.root / 'rgb'} not found; expected layout: {LAYOUT}"
             )
-        catalogue = taskonomy_tasks(seg_classes, scene_classes)
+        self.scene_subset = self._subset(scene_subset)
+        scene_classes = 365 if self.scene_subset is None else len(self.scene_subset)
+        catalogue = taskonomy_tasks(_SEG_CLASSES, scene_classes)
         available = {t: s for t, s in catalogue.items()
                      if (self.root / TASKONOMY_DOMAINS[t]).is_dir()}
         if tasks is not None:
@@ -182,6 +190,23 @@ class TaskonomyDataset(TaskDataset):
         self._task_objs: Optional[Dict[str, Any]] = None
         logger.info("taskonomy %s: %d views from %d buildings", split, len(self.views),
                     len(self.buildings))
+
+    @staticmethod
+    def _subset(subset: Union[None, str, Path, Sequence[int]]) -> Optional[np.ndarray]:
+        if subset is None:
+            return None
+        if isinstance(subset, (str, Path)):
+            path = Path(subset).expanduser()
+            try:
+                subset = [int(x) for x in path.read_text().split()]
+            except (OSError, ValueError):
+                raise BranchnasError(
+                    f"taskonomy: scene_subset file {path} must list one class index per line"
+                ) from None
+        idx = np.asarray(list(subset), dtype=np.int64)
+        if idx.ndim != 1 or idx.size == 0 or (idx < 0).any() or len(set(idx.tolist())) != idx.size:
+            raise BranchnasError("taskonomy: scene_subset must be distinct non-negative indices")
+        return idx
 
     def _buildings(self, split: str, buildings: Optional[Sequence[str]],
                    split_file: Union[str, Path, None]) -> List[str]:
@@ -234,7 +259,18 @@ class TaskonomyDataset(TaskDataset):
                 arr = np.load(path, allow_pickle=False)
             except (OSError, ValueError) as exc:
                 raise BranchnasError(f"taskonomy: cannot read {path} ({exc})") from None
-            cls = int(arr.reshape(-1)[0]) if arr.size == 1 else int(np.argmax(arr))
+            scores = arr.reshape(-1)
+            if self.scene_subset is not None:
+                if scores.size == 1:
+                    hit = np.nonzero(self.scene_subset == int(scores[0]))[0]
+                    cls = int(hit[0]) if hit.size else -1
+                elif scores.size > self.scene_subset.max():
+                    cls = int(np.argmax(scores[self.scene_subset]))
+                else:
+                    raise BranchnasError(f"taskonomy: {path} holds {scores.size} scores; "
+                                         "scene_subset indexes beyond them")
+            else:
+                cls = int(scores[0]) if scores.size == 1 else int(np.argmax(scores))
             if not 0 <= cls < self.tasks[task]["num_classes"]:
                 raise BranchnasError(f"taskonomy: {path} holds class {cls} outside "
                                      f"0..{self.tasks[task]['num_classes'] - 1}")
@@ -244,13 +280,14 @@ class TaskonomyDataset(TaskDataset):
             arr = arr[..., 0]
         if arr.shape != hw:
             raise BranchnasError(f"taskonomy: {path} is {arr.shape}, the rgb view is {hw}")
-        if task == "semseg":
-            lab = arr.astype(np.int64)
-            lab[(lab < 0) | (lab >= self.tasks[task]["num_classes"])] = 255
+        if task == "semantic":
+            raw = arr.astype(np.int64)
+            lab = np.where(raw <= 1, 0, raw - 1)
+            lab[(raw < 0) | (lab >= _SEG_CLASSES)] = 255
             return torch.from_numpy(lab)
         x = arr.astype(np.float32)
         if task == "depth":
-            return torch.from_numpy(np.where(arr >= 65535, np.nan, x / 512.0)
+            return torch.from_numpy(np.where(arr >= _DEPTH_INVALID, np.nan, x / 512.0)
                                     .astype(np.float32)[None])
         x /= 65535.0
         if task == "edges" and self.edge_threshold is not None:
