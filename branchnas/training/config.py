@@ -38,9 +38,10 @@ OPTIMIZERS: Tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: Tuple[str, ...] = ("none", "step", "poly")
 AMP_MODES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
 
-RUNTIME_FIELDS = frozenset({"eval_batch_size", "eval_every", "num_workers", "progress"})
+RUNTIME_FIELDS = frozenset({"eval_batch_size", "eval_every", "num_workers", "progress", "threads"})
 """Fields that change how a run executes but not the weights it ends with; a run may be
-resumed with different values for them (every other field must match the run's config)."""
+resumed with different values for them (every other field must match the run's config).
+(On the CPU, bitwise-equal results after a resume also assume the same thread count.)"""
 
 
 @dataclass
@@ -76,6 +77,7 @@ class TrainConfig:
     eval_batch_size: int = 64  # images per evaluation step
     eval_every: int = 1  # validate every n epochs (the last epoch always)
     num_workers: int = 0  # DataLoader worker processes
+    threads: Optional[int] = None  # torch CPU threads for the process (None: torch's default)
     max_train_batches: Optional[int] = None  # cap on training steps per epoch (tiny profiles)
     max_val_batches: Optional[int] = None  # cap on validation batches (None: the whole set)
     progress: bool = True  # show a tqdm progress bar
@@ -95,7 +97,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "step_size", "eval_batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise BranchnasError(f"training {name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("shared_batch_size", "task_batch_size", "max_train_batches", "max_val_batches"):
+        for name in ("shared_batch_size", "task_batch_size", "max_train_batches", "max_val_batches",
+                     "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise BranchnasError(f"training {name} must be >= 1 or unset, got {value!r}")

@@ -124,7 +124,7 @@ def train_single(
         overrides: training settings over the space's (only when ``config`` is None).
         command: command line recorded in each run's ``command.txt`` (default: ``sys.argv``).
         datasets: ``(train_set, val_set)`` labelling the tasks, instead of the space's
-            dataset (built once with ``create_dataset(space.dataset_name, split, tasks=...)``).
+            dataset (``create_dataset(space.dataset_name, split, tasks=[task], ...)``).
 
     Returns:
         ``{task: result}`` with each run's result (final validation metrics of the task,
@@ -147,25 +147,20 @@ def train_single(
         raise BranchnasError("give train_single either a config or overrides, not both")
 
     results: Dict[str, Dict[str, Any]] = {}
-    pending = []
-    for task in names:
+    for i, task in enumerate(names):
         run = single_run_dir(out_dir, task)
         if run.is_done():
             log.info("single-task %s: done in %s; skipping", task, run.path)
             results[task] = run.read_result()
-        else:
-            pending.append(task)
-    if pending and datasets is None:
-        datasets = _datasets(space, pending)
-    for i, task in enumerate(pending):
-        assert datasets is not None
-        run = single_run_dir(out_dir, task)
-        log.info("single-task %s (%d/%d): training in %s", task, i + 1, len(pending), run.path)
+            continue
+        log.info("single-task %s (%d/%d): training in %s", task, i + 1, len(names), run.path)
+        # a dataset labelling just this task: items stay small
+        train_set, val_set = datasets if datasets is not None else _datasets(space, [task])
         model = single_task_model(space, task, seed=config.seed)
         meta = {"stage": "single", "space": space.name, "task": task,
                 "tree": model.tree.to_json() if hasattr(model, "tree") else None}
         results[task] = train(
-            model, [space.task(task)], datasets[0], datasets[1], config, run, device,
+            model, [space.task(task)], train_set, val_set, config, run, device,
             meta=meta, command=command,
         )
         log.info("single-task %s: %s", task, {k: v for k, v in results[task][task].items()})

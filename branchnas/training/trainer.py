@@ -391,6 +391,9 @@ def train(
                 f"memory-bounded backprop is unavailable ({exc}); set memory_bounded = false"
             ) from None
 
+    if config.threads is not None and torch.get_num_threads() != config.threads:
+        log.info("using %d torch CPU thread(s)", config.threads)
+        torch.set_num_threads(config.threads)
     model.to(dev)
     weighting = create_weighting(config.weighting, names, **config.weighting_kwargs()).to(dev)
     make_optimizer = _make_optimizer(config)
