@@ -398,3 +398,106 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(BranchnasError, match="duplicate"):
         train(StandIn(), TASKS + TASKS, make_data(8, 1), make_data(4, 2), config(epochs=1),
               tmp_path / "z", "cpu", collate_fn=collate)
+
+
+# ------------------------------------------------------------------ train_single (real modules)
+
+TINY_SPACE = """
+[backbone]
+name = "smallcnn"
+
+[input]
+size = [16, 16]
+
+[dataset]
+name = "scenes"
+size = 16
+resolution = [16, 16]
+cache_dir = false
+
+[[tasks]]
+name = "depth"
+type = "depth"
+
+[[tasks]]
+name = "scene"
+type = "classification"
+params = { num_classes = 8 }
+
+[training]
+epochs = 2
+batch_size = 8
+progress = false
+"""
+
+KILL_SINGLE = textwrap.dedent("""
+    import os, signal, sys
+    from branchnas.training import RunDir, train_single
+
+    saved = RunDir.save_checkpoint
+    def save_then_die(self, state):
+        saved(self, state)
+        if self.path.name == "scene":  # the second task, after its first epoch
+            os.kill(os.getpid(), signal.SIGKILL)
+    RunDir.save_checkpoint = save_then_die
+    train_single({space!r}, None, {out!r})
+""")
+
+
+def test_train_single_skips_done_and_resumes_after_a_kill(tmp_path):
+    space = tmp_path / "tiny.toml"
+    space.write_text(TINY_SPACE)
+    out = tmp_path / "out"
+    script = KILL_SINGLE.format(space=str(space), out=str(out))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert RunDir(out / "single" / "depth").is_done()
+    assert not RunDir(out / "single" / "scene").is_done()
+    assert RunDir(out / "single" / "scene").load_checkpoint()["epoch"] == 1
+
+    from branchnas.training import load_single_task_model, train_single
+
+    results = train_single(str(space), None, out)  # depth skipped, scene resumed
+    clean = train_single(str(space), None, tmp_path / "clean")
+    assert set(results) == {"depth", "scene"}
+    assert set(results["scene"]["scene"]) == {"top1", "top5"}
+    assert set(results["depth"]["depth"]) == {"abs_err", "rel_err"}
+    for task in ("depth", "scene"):
+        assert without_speed(results[task]) == without_speed(clean[task])
+        a = load_single_task_model(str(space), task, out)
+        b = load_single_task_model(str(space), task, tmp_path / "clean")
+        assert_same_state(a, b)
+        stored = json.loads((out / "single" / task / "config.json").read_text())
+        assert stored["task"] == task and stored["stage"] == "single" and stored["tasks"] == [task]
+        assert stored["epochs"] == 2  # from the space's [training] table
+    assert len((out / "single" / "scene" / "command.txt").read_text().splitlines()) == 2
+    with pytest.raises(BranchnasError, match="no task"):
+        train_single(str(space), ["semseg"], out)
+
+
+def test_memory_bounded_with_the_real_module_matches_ordinary_backprop(tmp_path):
+    from branchnas.data import collate as real_collate
+    from branchnas.data import create_dataset
+    from branchnas.models import BranchedNet
+    from branchnas.spaces import load_space
+    from branchnas.tree import Tree
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_SPACE)
+    space = load_space(str(path))
+    tree = Tree(space.task_names, [[space.task_names]] * 2 + [[["depth"], ["scene"]]] * 2)
+    data = {s: create_dataset("scenes", split=s, size=16, resolution=16, cache_dir=False,
+                              tasks=space.task_names) for s in ("train", "val")}
+    nets = []
+    for bounded in (False, True):
+        torch.manual_seed(0)
+        net = BranchedNet(tree, space)
+        cfg = TrainConfig(epochs=1, batch_size=8, progress=False, weighting="uncertainty",
+                          memory_bounded=bounded)
+        train(net, space.tasks, data["train"], data["val"], cfg, tmp_path / str(bounded), "cpu",
+              collate_fn=real_collate)
+        nets.append(net)
+    for (k, p), q in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        assert torch.allclose(p.float(), q.float(), atol=1e-5), k
