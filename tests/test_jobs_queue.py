@@ -102,7 +102,8 @@ def _toy_wait_lost(spec: Dict[str, Any]) -> Dict[str, Any]:
     return {"never": True}
 
 
-for _name, _fn in (("toy_square", _toy), ("toy_fail", _toy_fail), ("toy_wait_lost", _toy_wait_lost)):
+for _name, _fn in (("toy_square", _toy), ("toy_fail", _toy_fail),
+                   ("toy_wait_lost", _toy_wait_lost)):
     if _name not in list_job_kinds():
         register_job_kind(_name, _fn)
 
@@ -124,7 +125,8 @@ def start_worker(url: str, study: str, log_path: Path) -> subprocess.Popen:
         "logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')\n"
         "from branchnas.pipeline.queue import run_worker\n"
         f"r = run_worker(sys.argv[1], sys.argv[2], imports=['test_jobs_queue'], "
-        f"heartbeat_interval={HEARTBEAT}, grace_period={GRACE}, poll_interval=0.1, idle_timeout=30)\n"
+        f"heartbeat_interval={HEARTBEAT}, grace_period={GRACE}, poll_interval=0.1, "
+        "idle_timeout=30)\n"
         "print('REPORT', len(r.completed), len(r.failed), len(r.duplicates), len(r.lost))\n"
     )
     env = dict(os.environ)
@@ -199,7 +201,8 @@ def run_distributed_with_kill(url: str, study: str, tmp: Path, n_jobs: int = 12,
 
 
 def _logs(tmp: Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp.glob("worker-*.log")))
+    return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}"
+                     for p in sorted(tmp.glob("worker-*.log")))
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -323,7 +326,8 @@ def test_a_failed_job_is_reported_and_can_be_enqueued_again(tmp_path: Path) -> N
     report = run_worker(url, study, poll_interval=0.05, heartbeat_interval=HEARTBEAT,
                         grace_period=GRACE)
     assert report.failed == keys
-    with pytest.raises(BranchnasError, match=r"job toy_fail-\w+ failed: ValueError: flag file missing"):
+    with pytest.raises(BranchnasError,
+                       match=r"job toy_fail-\w+ failed: ValueError: flag file missing"):
         wait_for(url, study, keys, timeout=5)
     assert queue_status(url, study).broken == 1
     flag.write_text("")

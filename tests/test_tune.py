@@ -82,7 +82,8 @@ def test_a_hopeless_trial_is_pruned(tmp_path: Path) -> None:
                       dataset=DATA, pruner_startup_trials=1, pruner_warmup_epochs=1)
     study = _study(tmp_path)
     # the default (adam 2e-3) first, then a learning rate too small to move the loss
-    study.enqueue_trial({"optimizer": "adam", "lr_adam": 1e-4, "batch_size": 32, "schedule": "none"})
+    study.enqueue_trial({"optimizer": "adam", "lr_adam": 1e-4, "batch_size": 32,
+                         "schedule": "none"})
     first, second = (run_job(s) for s in specs)
     assert first["state"] == "COMPLETE" and first["epochs_run"] == 3
     assert second["state"] == "PRUNED" and second["epochs_run"] == 2

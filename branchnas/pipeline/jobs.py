@@ -161,14 +161,17 @@ def validate_job(spec: Mapping[str, Any]) -> JobSpec:
     unknown = sorted(set(spec) - set(_SPEC_FIELDS))
     missing = [k for k in ("kind", "params", "out_dir") if k not in spec]
     if unknown or missing:
-        what = "unknown field(s) " + ", ".join(unknown) if unknown else "missing " + ", ".join(missing)
+        what = ("unknown field(s) " + ", ".join(unknown) if unknown
+                else "missing " + ", ".join(missing))
         raise BranchnasError(
             f"job spec has {what}; a job is {{\"kind\", \"params\", \"out_dir\"[, \"key\"]}}"
         )
     if not isinstance(spec["kind"], str) or not spec["kind"]:
         raise BranchnasError(f"job kind must be a non-empty string, got {spec['kind']!r}")
     if not isinstance(spec["params"], Mapping):
-        raise BranchnasError(f"job params must be a JSON object, got {type(spec['params']).__name__}")
+        raise BranchnasError(
+            f"job params must be a JSON object, got {type(spec['params']).__name__}"
+        )
     if not isinstance(spec["out_dir"], (str, os.PathLike)) or not str(spec["out_dir"]):
         raise BranchnasError(f"job out_dir must be a non-empty path, got {spec['out_dir']!r}")
     if "key" in spec and (not isinstance(spec["key"], str) or not spec["key"]):
@@ -185,7 +188,10 @@ def validate_job(spec: Mapping[str, Any]) -> JobSpec:
 
 
 def make_job(
-    kind: str, params: Mapping[str, Any], out_dir: Union[str, os.PathLike], key: Optional[str] = None
+    kind: str,
+    params: Mapping[str, Any],
+    out_dir: Union[str, os.PathLike],
+    key: Optional[str] = None,
 ) -> JobSpec:
     """Build and validate a job spec.
 
@@ -231,7 +237,8 @@ def read_job_result(spec: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     key = job_key(spec)
     if marker.get("key") != key:
         raise BranchnasError(
-            f"{path} belongs to job {marker.get('key')!r}, not {key!r}; give each job its own out_dir"
+            f"{path} belongs to job {marker.get('key')!r}, not {key!r}; "
+            "give each job its own out_dir"
         )
     return dict(marker["result"])
 

@@ -170,9 +170,7 @@ def parse_storage_url(url: str) -> StorageURL:
             )
         return StorageURL("sqlite", text, Path(rest[3:]))
     if text.startswith("journal:"):
-        rest = text[len("journal:"):]
-        if rest.startswith("//"):
-            rest = rest[2:]
+        rest = text[len("journal:"):].removeprefix("//")
         if not rest:
             raise BranchnasError(f"storage {text!r} names no journal file; {usage}")
         return StorageURL("journal", rest, Path(rest))
@@ -924,7 +922,8 @@ def run_jobs(
     if storage_url is None:
         if wait_kwargs:
             raise BranchnasError(
-                f"{', '.join(wait_kwargs)} only apply to jobs run through a queue; give a storage URL"
+                f"{', '.join(wait_kwargs)} only apply to jobs run through a queue; "
+                "give a storage URL"
             )
         return [run_job(spec) for spec in specs]
     keys = enqueue(storage_url, study_name, specs)

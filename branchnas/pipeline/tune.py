@@ -138,7 +138,9 @@ def model_slug(model: str) -> str:
         return "tree-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-")
     if not slug:
-        raise BranchnasError(f"model id {model!r} is empty; give e.g. single:<task>, tree:<file> or shared")
+        raise BranchnasError(
+            f"model id {model!r} is empty; give e.g. single:<task>, tree:<file> or shared"
+        )
     return slug
 
 
@@ -388,7 +390,9 @@ def _datasets(space: Any, tasks: Sequence[str], dataset_kwargs: Mapping[str, Any
     n = len(full)
     n_hold = max(1, round(holdout * n))
     if n - n_hold < 1:
-        raise BranchnasError(f"the training split has {n} item(s), too few to hold some out; use more")
+        raise BranchnasError(
+            f"the training split has {n} item(s), too few to hold some out; use more"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     return Subset(full, sorted(order[n_hold:])), Subset(full, sorted(order[:n_hold]))
 
@@ -480,11 +484,15 @@ def run_tune_trial(spec: JobSpec) -> Dict[str, Any]:
     if not values:  # the run was done before (its epochs reported by an earlier attempt)
         frozen = study.get_trials(deepcopy=False)[trial.number]
         last = max(frozen.intermediate_values) if frozen.intermediate_values else None
-        values.append(frozen.intermediate_values[last] if last is not None else normalised_objective(
-            validation_losses(net, tasks, hold_set, **eval_kw), reference))
+        if last is not None:
+            values.append(frozen.intermediate_values[last])
+        else:
+            values.append(normalised_objective(
+                validation_losses(net, tasks, hold_set, **eval_kw), reference))
     study.tell(trial, values[-1])
     metrics = {t.name: result[t.name] for t in tasks}
-    log.info("tune %s: trial %d objective %.4f with %s", p["model"], trial.number, values[-1], settings)
+    log.info("tune %s: trial %d objective %.4f with %s", p["model"], trial.number, values[-1],
+             settings)
     return {**_trial_result(study.get_trials(deepcopy=False)[trial.number]), "metrics": metrics}
 
 
@@ -643,9 +651,10 @@ def summarise_tuning(
     complete = [t for t in frozen if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         errors = [r.get("error") for r in (results or []) if r.get("error")]
+        first = f"; first error: {errors[0]}" if errors else ""
         raise BranchnasError(
             f"no tuning trial of {model} completed ({counts['pruned']} pruned, {counts['failed']} "
-            f"failed{'; first error: ' + errors[0] if errors else ''}); fix the cause and tune again"
+            f"failed{first}); fix the cause and tune again"
         )
     best = min(complete, key=lambda t: (t.value, t.number))
     base = TrainConfig.from_sources(load_space(ref).training, budget["overrides"])
