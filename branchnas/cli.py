@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from .errors import BranchnasError
 
@@ -36,17 +36,138 @@ def _write_json(obj: object) -> None:
 # --------------------------------------------------------------------------- commands
 
 
-def _cmd_describe(args: argparse.Namespace) -> int:
-    from .spaces import describe_space, format_description, load_space
+def _space_and_tree(args: argparse.Namespace) -> Any:
+    from .spaces import load_space
     from .tree import Tree
 
     space = load_space(args.space)
-    tree = Tree.load(args.tree, tasks=space.task_names, depth=len(space.backbone.blocks)) if args.tree else None
+    tree = Tree.load(args.tree, tasks=space.task_names, depth=space.depth) if getattr(args, "tree", None) else None
+    return space, tree
+
+
+def _cmd_describe(args: argparse.Namespace) -> int:
+    from .spaces import describe_space, format_description
+
+    space, tree = _space_and_tree(args)
     desc = describe_space(space, tree=tree)
     if args.format == "json":
         _write_json(desc)
     else:
         _print(format_description(desc))
+    return 0
+
+
+def _out_dir(args: argparse.Namespace, space_name: str) -> Path:
+    return Path(args.out) if args.out else Path("runs") / space_name
+
+
+def _train_config(args: argparse.Namespace, space: Any) -> Any:
+    from .training import TrainConfig, overrides_from_args
+
+    return TrainConfig.from_sources(space.training, overrides_from_args(args))
+
+
+def _cmd_train_single(args: argparse.Namespace) -> int:
+    from .pipeline.stages import run_singles
+    from .spaces import load_space
+
+    space = load_space(args.space)
+    out = _out_dir(args, space.name)
+    results = run_singles(space, out, _train_config(args, space), tasks=args.tasks, device=args.device)
+    _print(_format_results(results.values()))
+    _print(f"\nrun directories: {out / 'single'}")
+    return 0
+
+
+def _format_results(results: Any) -> str:
+    from .search import format_budget
+
+    lines = []
+    for r in results:
+        metrics = "  ".join(f"{t}.{m}={v:.4g}" for t, ms in r.metrics.items() for m, v in ms.items())
+        dm = "" if r.delta_m is None else f"  Δm={r.delta_m:+.2f}%"
+        lines.append(f"{r.name:<24} params={format_budget(r.params):>8}{dm}  {metrics}")
+    return "\n".join(lines)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .pipeline.stages import run_tree
+
+    space, tree = _space_and_tree(args)
+    out = _out_dir(args, space.name)
+    name = args.name or Path(args.tree).stem
+    result = run_tree(space, tree, out, _train_config(args, space), name, device=args.device)
+    _print(tree.ascii())
+    _print(_format_results([result]))
+    _print(f"\nrun directory: {out / 'trees' / name}")
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from .pipeline.stages import run_baseline
+    from .spaces import load_space
+
+    space = load_space(args.space)
+    out = _out_dir(args, space.name)
+    result = run_baseline(space, args.name, out, _train_config(args, space), device=args.device)
+    _print(_format_results([result]))
+    return 0
+
+
+def _cmd_affinity(args: argparse.Namespace) -> int:
+    from .pipeline.affinity import affinity_stage
+    from .spaces import load_space
+
+    space = load_space(args.space)
+    out = _out_dir(args, space.name)
+    path = affinity_stage(space, out, _train_config(args, space), measure=args.measure, k=args.k,
+                          seed=args.image_seed, device=args.device, path=args.output)
+    _print(f"wrote {path} (+ {path.with_suffix('.json').name})")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    if args.what == "affinity":
+        from .affinity import write_affinity_plots
+
+        out = Path(args.out) if args.out else Path(args.file).parent
+        for p in write_affinity_plots(args.file, out):
+            _print(f"wrote {p}")
+        return 0
+    return _cmd_pareto(args)
+
+
+def _cmd_pareto(args: argparse.Namespace) -> int:
+    from .pipeline.pareto import write_pareto
+    from .pipeline.results import results_table
+
+    root = Path(args.runs) if args.runs else Path("runs") / args.space
+    table = results_table(root, space=args.space)
+    if not len(table):
+        raise BranchnasError(f"no trained models under {root}; train some first "
+                             f"(branchnas run --space {args.space})")
+    out = Path(args.out) if args.out else root / "plots"
+    png, csv = write_pareto(table, out, title=f"{args.space}: parameters vs Δm")
+    _print(f"wrote {png}\nwrote {csv}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .pipeline.recommend import recommend
+
+    report = recommend(
+        space=args.space, affinity=args.affinity, block_params=args.block_params,
+        budget=args.budget, budget_flops=args.budget_flops, strategy=args.strategy,
+        top_k=args.top, beam_width=args.beam_width, max_branches=args.max_branches,
+        shared_prefix=args.shared_prefix, seed=args.seed, runs=args.runs,
+    )
+    if args.format == "json":
+        _write_json(report.to_json())
+    elif args.format == "tree":
+        for scored in report.result.trees:
+            _print(scored.tree.dumps())
+    else:
+        _print(report.format_table())
     return 0
 
 
@@ -63,6 +184,18 @@ def _add(sub: "argparse._SubParsersAction", name: str, func: Callable[[argparse.
     return parser
 
 
+def _space_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default=DEFAULT_SPACE, help="search-space name or TOML path (default: %(default)s)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    from .training.config import add_train_arguments
+
+    p.add_argument("--out", help="output directory of the runs (default: runs/<space>)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    add_train_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from . import __version__
@@ -77,9 +210,67 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _add(sub, "describe", _cmd_describe,
              "print a search space's blocks (channels, stride, params, FLOPs) and tree totals")
-    p.add_argument("--space", default=DEFAULT_SPACE, help="search-space name or TOML path (default: %(default)s)")
+    _space_arg(p)
     p.add_argument("--tree", help="a tree JSON file to total")
     p.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = _add(sub, "train-single", _cmd_train_single,
+             "train one single-task network per task (skips finished runs, resumes interrupted ones)")
+    _space_arg(p)
+    p.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks to train (default: all)")
+    _run_args(p)
+
+    p = _add(sub, "affinity", _cmd_affinity,
+             "task affinity at every cut point from the single-task networks (trains missing ones)")
+    _space_arg(p)
+    p.add_argument("--measure", default="rsa", help="rsa (the paper's), cka or fa (default: %(default)s)")
+    p.add_argument("--k", type=int, default=500, help="held-out images (default: %(default)s)")
+    p.add_argument("--image-seed", type=int, default=0, help="seed of the image subset (default: %(default)s)")
+    p.add_argument("--output", help="affinity file to write (default: <out>/affinity-<measure>.npz)")
+    _run_args(p)
+
+    p = _add(sub, "search", _cmd_search,
+             "recommend task trees within a budget from an affinity file")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--space", help=f"search-space name or TOML path (default: {DEFAULT_SPACE})")
+    src.add_argument("--block-params", metavar="P1,...,PD",
+                     help="what-if: parameters of one copy of each block, instead of --space")
+    p.add_argument("--affinity", help="affinity .npz (default: the current run's, else the one shipped for the space)")
+    p.add_argument("--runs", help="run directory holding a computed affinity (default: runs/<space>)")
+    bud = p.add_mutually_exclusive_group()
+    bud.add_argument("--budget", help="parameter budget, e.g. 12M, 1.5G, 3e6 (default: none)")
+    bud.add_argument("--budget-flops", help="FLOPs budget instead, e.g. 1.5G")
+    p.add_argument("--strategy", default="auto",
+                   help="exhaustive, exact, beam, fa, random, or auto: exact up to 10 tasks, else beam (default: %(default)s)")
+    p.add_argument("--beam-width", type=int, default=10, help="beam: partial trees kept per depth (paper: 10)")
+    p.add_argument("--max-branches", type=int, help="beam: most subgroups a group splits into")
+    p.add_argument("--shared-prefix", type=int, default=0, help="force the first k blocks to be shared")
+    p.add_argument("--top", type=int, default=3, help="trees to show (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random/beam (default: %(default)s)")
+    p.add_argument("--format", choices=["table", "json", "tree"], default="table")
+
+    p = _add(sub, "train", _cmd_train, "train the BranchedNet of a tree and compare it with the single-task networks")
+    _space_arg(p)
+    p.add_argument("--tree", required=True, help="tree JSON file (e.g. from `branchnas search --format tree`)")
+    p.add_argument("--name", help="run name (default: the tree file's stem)")
+    _run_args(p)
+
+    p = _add(sub, "baseline", _cmd_baseline, "train a baseline: single, shared, cross_stitch, mtan or nddr")
+    p.add_argument("name", help="baseline name")
+    _space_arg(p)
+    _run_args(p)
+
+    p = _add(sub, "pareto", _cmd_pareto, "plot parameters vs Δm of every trained model (PNG + CSV)")
+    _space_arg(p)
+    p.add_argument("--runs", help="directory of runs (default: runs/<space>)")
+    p.add_argument("--out", help="output directory (default: <runs>/plots)")
+
+    p = _add(sub, "plot", _cmd_plot, "plots: `plot affinity FILE` (heatmaps, affinity vs depth) or `plot pareto`")
+    p.add_argument("what", choices=["affinity", "pareto"])
+    p.add_argument("file", nargs="?", help="affinity .npz (for `plot affinity`)")
+    p.add_argument("--space", default=DEFAULT_SPACE, help="for `plot pareto` (default: %(default)s)")
+    p.add_argument("--runs", help="for `plot pareto`: directory of runs (default: runs/<space>)")
+    p.add_argument("--out", help="output directory")
 
     return parser
 
