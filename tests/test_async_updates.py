@@ -89,7 +89,8 @@ def test_task_steps_exactly_at_its_threshold_with_the_mean_over_its_samples():
     xs, ys, masks = [], [], []
     for seed in range(3):
         x, y = _data(4, seed)
-        present = {"a": torch.tensor([True, False, True, False]), "b": torch.ones(4, dtype=torch.bool)}
+        present = {"a": torch.tensor([True, False, True, False]),
+                   "b": torch.ones(4, dtype=torch.bool)}
         stepped = _async_step(model, up, w, x, y, present)
         xs.append(x), ys.append(y), masks.append(present["a"])
         if seed < 2:  # 2, then 4 labelled samples of a: below 5

@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch import nn
 
-import branchnas.training.trainer as trainer_mod
 from branchnas.errors import BranchnasError
 from branchnas.tasks import create_task
 from branchnas.training import (
@@ -357,7 +356,7 @@ def test_memory_bounded_hook(tmp_path, monkeypatch):
         losses = {t.name: t.loss(preds[t.name], batch["labels"][t.name], batch["present"][t.name])
                   for t in tasks}
         weighting.combine(losses).backward()
-        return {t: l.detach() for t, l in losses.items()}
+        return {t: loss.detach() for t, loss in losses.items()}
 
     monkeypatch.setattr(memory, "memory_bounded_backward", fake)
     ordinary, bounded = StandIn(), StandIn()

@@ -80,7 +80,8 @@ def test_dwa_first_two_epochs_equal_then_formula():
     assert got["cls"] > got["depth"] > got["seg"]
     # combine applies them
     total = w.combine(_losses([1.0, 2.0, 3.0]))
-    assert total.item() == pytest.approx(expected["seg"] + 2 * expected["depth"] + 3 * expected["cls"])
+    weighted = expected["seg"] + 2 * expected["depth"] + 3 * expected["cls"]
+    assert total.item() == pytest.approx(weighted)
     # only the last two epochs count
     w.end_epoch({"seg": 2.0, "depth": 1.0, "cls": 1.5})  # epoch 3: ratios 1, 0.5, 1
     e = [math.exp(0.5), math.exp(0.25), math.exp(0.5)]
@@ -129,7 +130,8 @@ def test_uncertainty_value_and_gradient_on_log_variance():
 
 def test_absent_task_is_left_out():
     w = create_weighting("uncertainty", ["a", "b"])
-    losses = {"a": torch.tensor(2.0, requires_grad=True), "b": torch.tensor(0.0, requires_grad=True)}
+    losses = {"a": torch.tensor(2.0, requires_grad=True),
+              "b": torch.tensor(0.0, requires_grad=True)}
     total = w.combine(losses, present={"a": 3, "b": 0})
     assert total.item() == pytest.approx(2.0)
     total.backward()

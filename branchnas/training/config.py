@@ -69,11 +69,11 @@ class TrainConfig:
     weighting: str = "equal"  # loss weighting: "equal", "dwa" or "uncertainty"
     dwa_temperature: float = 2.0  # DWA's temperature T (Liu et al. use 2)
     memory_bounded: bool = False  # UberNet's memory-bounded backprop (training.memory)
-    async_updates: bool = False  # UberNet's asynchronous SGD: each group steps at its own batch size
+    async_updates: bool = False  # UberNet's asynchronous SGD: groups step at their own batch sizes
     shared_batch_size: Optional[int] = None  # async: samples per shared update (None: batch_size)
-    task_batch_size: Optional[int] = None  # async: labelled samples per task update (None: batch_size)
+    task_batch_size: Optional[int] = None  # async: labelled samples per task update (None: ditto)
     task_batch_sizes: Dict[str, int] = field(default_factory=dict)  # async: per-task overrides
-    amp: str = "auto"  # mixed precision: "auto" (CUDA: bf16, else fp16; CPU: off), "off", "bf16", "fp16"
+    amp: str = "auto"  # "auto" (CUDA: bf16, or fp16 without bf16; CPU: off), "off", "bf16", "fp16"
     eval_batch_size: int = 64  # images per evaluation step
     eval_every: int = 1  # validate every n epochs (the last epoch always)
     num_workers: int = 0  # DataLoader worker processes
@@ -135,7 +135,8 @@ class TrainConfig:
                 wrong type.
         """
         values: Dict[str, Any] = {}
-        for source_name, source in (("search space [training]", space_training), ("override", overrides)):
+        sources = (("search space [training]", space_training), ("override", overrides))
+        for source_name, source in sources:
             for key, value in (source or {}).items():
                 if value is None and source_name == "override":
                     continue
@@ -205,10 +206,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if optional:
             return None
         raise BranchnasError(f"training setting {key!r} cannot be empty; give a value")
-    bad = BranchnasError(
-        f"training setting {key!r} ({source}) expects {annotation.replace('Optional[', '').rstrip(']')}"
-        f", got {value!r}"
-    )
+    expected = annotation.replace("Optional[", "").rstrip("]")
+    bad = BranchnasError(f"training setting {key!r} ({source}) expects {expected}, got {value!r}")
     if "bool" in annotation:
         if isinstance(value, bool):
             return value

@@ -65,7 +65,8 @@ def atomic_write_with(path: PathLike, write: Callable[[Any], None], binary: bool
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+        mode_kw: Dict[str, Any] = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8"}
+        with os.fdopen(fd, **mode_kw) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -244,7 +245,8 @@ class RunDir:
                 k = diffs[0]
                 raise BranchnasError(
                     f"run directory {self.path} was started with a different config "
-                    f"({', '.join(diffs)}; e.g. {k}: {stored.get(k)!r} there, {config.get(k)!r} now); "
+                    f"({', '.join(diffs)}; e.g. {k}: {stored.get(k)!r} there, "
+                    f"{config.get(k)!r} now); "
                     "rerun with the same settings or use another output directory"
                 )
         else:
@@ -293,7 +295,8 @@ class RunDir:
                     log.warning("%s: skipping a torn last line", self.metrics_path)
                     continue
                 raise BranchnasError(
-                    f"{self.metrics_path} line {i + 1} is not JSON; delete the run directory to restart"
+                    f"{self.metrics_path} line {i + 1} is not JSON; "
+                    "delete the run directory to restart"
                 ) from None
         return records
 

@@ -33,7 +33,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -94,7 +94,7 @@ def resolve_amp(
         return None
     if device.type != "cuda":
         if mode != "auto":
-            log.warning("amp=%s ignored: mixed precision is used on CUDA only; training in fp32", mode)
+            log.warning("amp=%s ignored: mixed precision is for CUDA only; training in fp32", mode)
         return None
     bf16_ok = torch.cuda.is_bf16_supported()
     if mode == "auto":
@@ -136,7 +136,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> Dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -192,7 +193,8 @@ def _check_batch(batch: Batch, names: Sequence[str]) -> None:
     if missing:
         raise BranchnasError(
             f"the dataset gives no labels for task(s) {', '.join(missing)}; "
-            f"it labels: {', '.join(batch['labels'])} (use a dataset, or UnionDataset, that covers them)"
+            f"it labels: {', '.join(batch['labels'])} "
+            "(use a dataset, or UnionDataset, that covers them)"
         )
 
 
@@ -241,7 +243,7 @@ def _async_groups(
     learning rate the model's ``param_groups`` gives its parameters."""
     if not (hasattr(model, "shared_parameters") and hasattr(model, "task_parameters")):
         raise BranchnasError(
-            f"asynchronous updates need a model with shared_parameters() and task_parameters(task); "
+            "asynchronous updates need a model with shared_parameters() and task_parameters(task); "
             f"{type(model).__name__} has not; set async_updates = false"
         )
     lrs = {id(p): float(g.get("lr", lr)) for g in _model_groups(model, lr) for p in g["params"]}
@@ -263,10 +265,6 @@ def _async_groups(
     groups[SHARED] = _split_by_lr(shared + leftover, lrs, lr) + [
         {"params": w_rest, "weight_decay": 0.0}]
     return {SHARED: groups.pop(SHARED), **groups}
-
-
-def _mean(sums: Dict[str, float], counts: Dict[str, int]) -> Dict[str, Optional[float]]:
-    return {t: (sums[t] / counts[t] if counts[t] else None) for t in sums}
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -377,174 +375,49 @@ def train(
     if run.is_done():
         log.info("%s is done; skipping training", run.path)
         return run.read_result()
-    names = _task_names(tasks)
-    dev = resolve_device(device)
-    plain_backward = config.async_updates or config.memory_bounded
-    amp_dtype = resolve_amp(config.amp, dev, needs_plain_backward=plain_backward)
-    collate = collate_fn or _default_collate()
-    backward_fn = None
-    if config.memory_bounded:
-        try:
-            from .memory import memory_bounded_backward as backward_fn
-        except ImportError as exc:
-            raise BranchnasError(
-                f"memory-bounded backprop is unavailable ({exc}); set memory_bounded = false"
-            ) from None
-
+    if len(train_set) == 0:
+        raise BranchnasError("the training set is empty; check the dataset and its split")
     if config.threads is not None and torch.get_num_threads() != config.threads:
         log.info("using %d torch CPU thread(s)", config.threads)
         torch.set_num_threads(config.threads)
-    model.to(dev)
-    weighting = create_weighting(config.weighting, names, **config.weighting_kwargs()).to(dev)
-    make_optimizer = _make_optimizer(config)
-    optimizer: Optional[torch.optim.Optimizer] = None
-    updater: Optional[AsyncUpdater] = None
-    if config.async_updates:
-        updater = AsyncUpdater(
-            _async_groups(model, weighting, names, config.lr), config.effective_batch_sizes(names),
-            make_optimizer,
-        )
-    else:
-        groups = _model_groups(model, config.lr) + [
-            {"params": list(weighting.parameters()), "weight_decay": 0.0}]
-        optimizer = make_optimizer([g for g in groups if g["params"]])
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    session = _Session(model, tasks, config, resolve_device(device),
+                       collate_fn or _default_collate())
+    names = session.names
 
-    num_params = sum(p.numel() for p in model.parameters())
     run_config = {**config.to_dict(), "tasks": names, "model": type(model).__name__,
-                  "parameters": num_params, **dict(meta or {})}
-    run.start(run_config, seed=config.seed, command=command, device=str(dev),
+                  "parameters": sum(p.numel() for p in model.parameters()), **dict(meta or {})}
+    run.start(run_config, seed=config.seed, command=command, device=str(session.device),
               ignore_keys=RUNTIME_FIELDS)
-
     ckpt = run.load_checkpoint(map_location="cpu")
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        weighting.load_state_dict(ckpt["weighting"])
-        if updater is not None:
-            updater.load_state_dict(ckpt["updater"])
-        else:
-            assert optimizer is not None
-            optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler is not None and ckpt.get("scaler") is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
+        session.load_state_dict(ckpt)
         start_epoch = int(ckpt["epoch"])
         log.info("%s: resuming after epoch %d of %d", run.path, start_epoch, config.epochs)
     else:
         seed_everything(config.seed)
         start_epoch = 0
-    run.truncate_metrics(start_epoch)
+    run.truncate_metrics(start_epoch)  # epochs logged after the checkpoint are trained again
 
-    n_train = len(train_set)
-    drop_last = n_train >= config.batch_size  # no ragged last batch (BatchNorm), unless tiny
-    steps = (n_train // config.batch_size) if drop_last else 1
+    drop_last = len(train_set) >= config.batch_size  # no ragged last batch (BatchNorm), unless tiny
+    steps = len(train_set) // config.batch_size if drop_last else 1
     if config.max_train_batches is not None:
         steps = min(steps, config.max_train_batches)
-    if n_train == 0:
-        raise BranchnasError("the training set is empty; check the dataset and its split")
-
     for epoch in range(start_epoch, config.epochs):
         loader = DataLoader(
             train_set, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
-            generator=_epoch_generator(config.seed, epoch), collate_fn=collate,
+            generator=_epoch_generator(config.seed, epoch), collate_fn=session.collate,
             num_workers=config.num_workers, worker_init_fn=_seed_worker,
-            pin_memory=dev.type == "cuda",
+            pin_memory=session.device.type == "cuda",
         )
-        model.train()
-        weighting.train()
-        sums = {t: 0.0 for t in names}
-        counts = {t: 0 for t in names}
-        total_sum, images = 0.0, 0
-        lr_now = config.lr
-        bar = _progress(loader, steps, f"epoch {epoch + 1}/{config.epochs}", config.progress)
-        t0 = time.perf_counter()
-        for step, batch in enumerate(bar):
-            if step >= steps:
-                break
-            _check_batch(batch, names)
-            factor = lr_factor(config, epoch, step, steps)
-            # (looked up each step: load_state_dict replaces an optimizer's group dicts)
-            groups = updater.param_groups() if updater is not None else optimizer.param_groups
-            for g in groups:
-                g["lr"] = g["base_lr"] * factor
-            if step == 0:
-                lr_now = config.lr * factor
-            n_present = {t: int(batch["present"][t].sum()) for t in names}
-            bsz = int(batch["image"].shape[0])
-            batch = _to_device(batch, dev, names)
-
-            # async: gradients summed over labelled samples; else: tasks without labels left out
-            # (also for backward code that calls combine() without `present`)
-            scales = n_present if updater is not None else {t: float(n > 0) for t, n in n_present.items()}
-            backward_weighting = ScaledWeighting(weighting, scales=scales)
-            losses = _backward(model, batch, tasks, names, backward_weighting, n_present,
-                               dev, amp_dtype, scaler, backward_fn)
-
-            if updater is not None:
-                updater.step({SHARED: bsz, **n_present})
-            else:
-                assert optimizer is not None
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            with torch.no_grad():
-                detached = {t: l.detach().float() for t, l in losses.items()}
-                batch_total = float(weighting.combine(detached, present=n_present))
-            for t in names:
-                if n_present[t]:
-                    sums[t] += float(detached[t]) * n_present[t]
-                    counts[t] += n_present[t]
-            if not math.isfinite(batch_total):
-                raise BranchnasError(
-                    f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {batch_total}); "
-                    "lower the learning rate"
-                )
-            total_sum += batch_total * bsz
-            images += bsz
-            if config.progress and (step % 5 == 0 or step == steps - 1):
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{batch_total:.4f}", img_s=f"{images / elapsed:.1f}")
-        train_time = time.perf_counter() - t0
-        bar.close()
-
-        mean_losses = _mean(sums, counts)
-        weights_used = weighting.current_weights()
-        weighting.end_epoch({t: v for t, v in mean_losses.items() if v is not None})
-        last = epoch + 1 == config.epochs
-        val: Optional[Dict[str, Dict[str, float]]] = None
+        record: Dict[str, Any] = {"epoch": epoch + 1, **session.train_epoch(loader, epoch, steps)}
         t1 = time.perf_counter()
-        if last or (epoch + 1) % config.eval_every == 0:
-            val = evaluate(model, tasks, val_set, dev, config.eval_batch_size, collate_fn=collate,
-                           max_batches=config.max_val_batches, amp=config.amp,
-                           num_workers=config.num_workers)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": mean_losses,
-            "train_total": total_sum / max(images, 1),
-            "weights": weights_used,
-            "val": val,
-            "lr": lr_now,
-            "time_s": round(train_time, 4),
-            "eval_time_s": round(time.perf_counter() - t1, 4),
-            "images": images,
-            "images_per_s": images / train_time if train_time > 0 else None,
-        }
+        val = None
+        if epoch + 1 == config.epochs or (epoch + 1) % config.eval_every == 0:
+            val = session.evaluate(val_set)
+        record.update(val=val, eval_time_s=round(time.perf_counter() - t1, 4))
         run.append_metrics(record)
-        run.save_checkpoint({
-            "format": CHECKPOINT_FORMAT,
-            "epoch": epoch + 1,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "updater": updater.state_dict() if updater is not None else None,
-            "weighting": weighting.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": _rng_state(),
-            "config": config.to_dict(),
-        })
+        run.save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch + 1,
+                             **session.state_dict(), "config": config.to_dict()})
         log.info(
             "%s epoch %d/%d: loss %.4f, %.1f img/s%s", run.path.name, epoch + 1, config.epochs,
             record["train_total"], record["images_per_s"] or 0.0,
@@ -556,9 +429,7 @@ def train(
     records = run.read_metrics()
     final = next((r["val"] for r in reversed(records) if r.get("val") is not None), None)
     if final is None:  # metrics.jsonl lost its records (e.g. deleted by hand): evaluate again
-        final = evaluate(model, tasks, val_set, dev, config.eval_batch_size, collate_fn=collate,
-                         max_batches=config.max_val_batches, amp=config.amp,
-                         num_workers=config.num_workers)
+        final = session.evaluate(val_set)
     total_images = sum(r.get("images", 0) for r in records)
     total_time = sum(r.get("time_s", 0.0) for r in records)
     result: Dict[str, Any] = {t: final[t] for t in names}
@@ -567,6 +438,161 @@ def train(
     run.mark_done(result)
     log.info("%s done: %s", run.path, _short(final))
     return result
+
+
+class _Session:
+    """The moving parts of one training run: model, weighting, optimizer(s), AMP, backward."""
+
+    def __init__(self, model: nn.Module, tasks: Sequence[Any], config: TrainConfig,
+                 device: torch.device, collate: Callable[[List[Any]], Batch]) -> None:
+        self.model, self.tasks, self.config, self.device = model, list(tasks), config, device
+        self.names = _task_names(tasks)
+        self.collate = collate
+        plain_backward = config.async_updates or config.memory_bounded
+        self.amp_dtype = resolve_amp(config.amp, device, needs_plain_backward=plain_backward)
+        self.backward_fn: Optional[Callable[..., Dict[str, Tensor]]] = None
+        if config.memory_bounded:
+            try:
+                from .memory import memory_bounded_backward
+            except ImportError as exc:
+                raise BranchnasError(
+                    f"memory-bounded backprop is unavailable ({exc}); set memory_bounded = false"
+                ) from None
+            self.backward_fn = memory_bounded_backward
+        model.to(device)
+        self.weighting = create_weighting(config.weighting, self.names,
+                                          **config.weighting_kwargs()).to(device)
+        make_optimizer = _make_optimizer(config)
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.updater: Optional[AsyncUpdater] = None
+        if config.async_updates:
+            self.updater = AsyncUpdater(
+                _async_groups(model, self.weighting, self.names, config.lr),
+                config.effective_batch_sizes(self.names), make_optimizer,
+            )
+        else:
+            groups = _model_groups(model, config.lr) + [
+                {"params": list(self.weighting.parameters()), "weight_decay": 0.0}]
+            self.optimizer = make_optimizer([g for g in groups if g["params"]])
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "updater": self.updater.state_dict() if self.updater is not None else None,
+            "weighting": self.weighting.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": _rng_state(),
+        }
+
+    def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.weighting.load_state_dict(ckpt["weighting"])
+        if self.updater is not None:
+            self.updater.load_state_dict(ckpt["updater"])
+        else:
+            assert self.optimizer is not None
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler") is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+
+    # ------------------------------------------------------------------ training
+    def _set_lr(self, factor: float) -> None:
+        # looked up every step: load_state_dict replaces an optimizer's group dicts
+        if self.updater is not None:
+            groups = self.updater.param_groups()
+        else:
+            assert self.optimizer is not None
+            groups = self.optimizer.param_groups
+        for g in groups:
+            g["lr"] = g["base_lr"] * factor
+
+    def _step(self, batch: Batch, n_present: Dict[str, int]) -> Dict[str, Tensor]:
+        """One batch: gradients, then the optimizer step(s); returns per-task losses."""
+        bsz = int(batch["image"].shape[0])
+        batch = _to_device(batch, self.device, self.names)
+        # async: gradients summed over labelled samples; otherwise tasks without labels are
+        # left out (also for backward code that calls combine() without `present`)
+        if self.updater is not None:
+            scales = {t: float(n) for t, n in n_present.items()}
+        else:
+            scales = {t: float(n > 0) for t, n in n_present.items()}
+        losses = _backward(self.model, batch, self.tasks, self.names,
+                           ScaledWeighting(self.weighting, scales=scales), n_present,
+                           self.device, self.amp_dtype, self.scaler, self.backward_fn)
+        if self.updater is not None:
+            self.updater.step({SHARED: bsz, **n_present})
+            return losses
+        assert self.optimizer is not None
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return losses
+
+    def train_epoch(self, loader: DataLoader, epoch: int, steps: int) -> Dict[str, Any]:
+        """Train one epoch of ``steps`` batches; returns its part of the metrics record."""
+        config, names = self.config, self.names
+        self.model.train()
+        self.weighting.train()
+        sums = {t: 0.0 for t in names}
+        counts = {t: 0 for t in names}
+        total_sum, images = 0.0, 0
+        lr_first = config.lr * lr_factor(config, epoch, 0, steps)
+        weights_used = self.weighting.current_weights()
+        bar = _progress(loader, steps, f"epoch {epoch + 1}/{config.epochs}", config.progress)
+        t0 = time.perf_counter()
+        try:
+            for step, batch in enumerate(bar):
+                if step >= steps:
+                    break
+                _check_batch(batch, names)
+                self._set_lr(lr_factor(config, epoch, step, steps))
+                n_present = {t: int(batch["present"][t].sum()) for t in names}
+                bsz = int(batch["image"].shape[0])
+                losses = self._step(batch, n_present)
+                with torch.no_grad():
+                    detached = {t: loss.detach().float() for t, loss in losses.items()}
+                    batch_total = float(self.weighting.combine(detached, present=n_present))
+                if not math.isfinite(batch_total):
+                    raise BranchnasError(
+                        f"training diverged at epoch {epoch + 1}, step {step + 1} "
+                        f"(loss {batch_total}); lower the learning rate"
+                    )
+                for t in names:
+                    if n_present[t]:
+                        sums[t] += float(detached[t]) * n_present[t]
+                        counts[t] += n_present[t]
+                total_sum += batch_total * bsz
+                images += bsz
+                if config.progress and (step % 5 == 0 or step == steps - 1):
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{batch_total:.4f}", img_s=f"{images / elapsed:.1f}")
+        finally:
+            bar.close()
+        train_time = time.perf_counter() - t0
+        mean_losses = {t: (sums[t] / counts[t] if counts[t] else None) for t in names}
+        self.weighting.end_epoch({t: v for t, v in mean_losses.items() if v is not None})
+        return {
+            "train_loss": mean_losses,
+            "train_total": total_sum / max(images, 1),
+            "weights": weights_used,
+            "lr": lr_first,
+            "time_s": round(train_time, 4),
+            "images": images,
+            "images_per_s": images / train_time if train_time > 0 else None,
+        }
+
+    def evaluate(self, dataset: Any) -> Dict[str, Dict[str, float]]:
+        c = self.config
+        return evaluate(self.model, self.tasks, dataset, self.device, c.eval_batch_size,
+                        collate_fn=self.collate, max_batches=c.max_val_batches, amp=c.amp,
+                        num_workers=c.num_workers)
 
 
 def _backward(
@@ -599,7 +625,8 @@ def _backward(
 def _progress(loader: DataLoader, total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(loader, total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+    return tqdm(loader, total=total, desc=desc, disable=not enabled, leave=False,
+                dynamic_ncols=True)
 
 
 def _short(metrics: Mapping[str, Mapping[str, float]]) -> str:
