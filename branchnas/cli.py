@@ -171,6 +171,62 @@ def _cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pipeline_config(args: argparse.Namespace, profile: str) -> Any:
+    from .pipeline.run import PipelineConfig
+    from .training import overrides_from_args
+
+    budgets = [b for b in args.budgets.split(",") if b.strip()] if args.budgets else None
+    return PipelineConfig(space=args.space, out=args.out, profile=profile, tasks=args.tasks,
+                          budgets=budgets, strategy=args.strategy, measure=args.measure, k=args.k,
+                          baselines=args.baselines, device=args.device,
+                          training=overrides_from_args(args))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline.run import format_summary, run_pipeline
+
+    summary = run_pipeline(_pipeline_config(args, args.profile))
+    _print(format_summary(summary))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .data import create_dataset, render_preview
+    from .pipeline.run import format_summary, run_pipeline
+
+    cfg = _pipeline_config(args, args.profile)
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.space}-{cfg.profile}"
+    cfg.out = str(out)
+    preview = render_preview(create_dataset("scenes", split="val", size=4, resolution=64), n=4,
+                             path=out / "plots" / "scenes-preview.png")
+    _print(_task_table(cfg.space))
+    _print(f"\nembedded benchmark preview: {preview}\n")
+    summary = run_pipeline(cfg)
+    _print(format_summary(summary))
+    return 0
+
+
+def _task_table(space_name: str) -> str:
+    from .spaces import load_space
+
+    space = load_space(space_name)
+    lines = [f"search space {space.name}: {space.backbone.name}, {space.depth} cut points, "
+             f"input {space.input_size[0]}x{space.input_size[1]}", "",
+             f"{'task':<12}{'type':<16}{'head':<6}metrics (↑ higher / ↓ lower is better)"]
+    for t in space.tasks:
+        metrics = ", ".join(f"{m} {'↑' if up else '↓'}" for m, up in t.metrics.items())
+        lines.append(f"{t.name:<12}{t.type:<16}{space.heads[t.name]:<6}{metrics}")
+    return "\n".join(lines)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .pipeline.report import write_report
+
+    for p in write_report(args.run_dir):
+        _print(f"wrote {p}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -271,6 +327,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default=DEFAULT_SPACE, help="for `plot pareto` (default: %(default)s)")
     p.add_argument("--runs", help="for `plot pareto`: directory of runs (default: runs/<space>)")
     p.add_argument("--out", help="output directory")
+
+    for name, func, help_text, profile in (
+        ("run", _cmd_run, "the whole pipeline: single-task nets, affinity, search per budget, "
+         "trees, baselines, Pareto plot, report (cached; rerun to resume)", "full"),
+        ("demo", _cmd_demo, "the pipeline on the embedded scenes benchmark with a small profile "
+         "(a few minutes on 2 CPU cores)", "demo"),
+    ):
+        p = _add(sub, name, func, help_text)
+        _space_arg(p)
+        p.add_argument("--profile", default=profile, choices=["full", "demo", "tiny"],
+                       help="how much work: full (the space's settings), demo, tiny (default: %(default)s)")
+        p.add_argument("--budgets", help="comma-separated parameter budgets, e.g. 0.8M,1.2M (default: evenly spaced)")
+        p.add_argument("--tasks", nargs="+", metavar="TASK", help="a subset of the space's tasks")
+        p.add_argument("--strategy", default="auto", help="search strategy (default: %(default)s)")
+        p.add_argument("--measure", default="rsa", help="affinity measure: rsa, cka, fa (default: %(default)s)")
+        p.add_argument("--k", type=int, help="held-out images for affinity (default: the profile's)")
+        p.add_argument("--baselines", nargs="*", metavar="NAME",
+                       help="baselines to train (default: shared cross_stitch mtan nddr)")
+        _run_args(p)
+
+    p = _add(sub, "report", _cmd_report, "write report.html (self-contained) and report.md for a run directory")
+    p.add_argument("run_dir", help="a directory written by `branchnas run`")
+
 
     return parser
 

@@ -100,7 +100,7 @@ class Recommendation:
         return "\n".join(lines)
 
 
-def recommend(space: Optional[str] = None, affinity: Optional[Union[str, Path]] = None,
+def recommend(space: Optional[Any] = None, affinity: Optional[Union[str, Path]] = None,
               block_params: Optional[Union[str, Sequence[int]]] = None,
               budget: Optional[Union[int, str]] = None, budget_flops: Optional[Union[int, str]] = None,
               strategy: str = "auto", top_k: int = 3, beam_width: int = 10,
@@ -109,7 +109,8 @@ def recommend(space: Optional[str] = None, affinity: Optional[Union[str, Path]] 
     """Search the best trees for a budget.
 
     Args:
-        space: search-space name or path (default ``scenes`` unless ``block_params`` is given).
+        space: a SearchSpace, or its name or path (default ``scenes`` unless ``block_params``
+            is given).
         affinity: affinity file; default :func:`find_affinity`.
         block_params: what-if instead of a space: one block copy's parameters per depth
             (list or "p1,...,pD"); heads then count 0.
@@ -129,12 +130,15 @@ def recommend(space: Optional[str] = None, affinity: Optional[Union[str, Path]] 
         raise BranchnasError("give either --space or --block-params, not both")
     if block_params is None and space is None:
         space = "scenes"
-    if affinity is None:
-        if space is None:
-            raise BranchnasError("--block-params needs --affinity FILE (there is no space to find one for)")
-        from ..spaces import load_space
+    sp = None
+    if space is not None:
+        from ..spaces import SearchSpace, load_space
 
-        affinity = find_affinity(load_space(space).name, runs)
+        sp = space if isinstance(space, SearchSpace) else load_space(space)
+    if affinity is None:
+        if sp is None:
+            raise BranchnasError("--block-params needs --affinity FILE (there is no space to find one for)")
+        affinity = find_affinity(sp.name, runs)
     aff = load_affinity(affinity)
     tasks = list(aff.tasks)
     depth = aff.affinity.shape[0]
@@ -142,10 +146,7 @@ def recommend(space: Optional[str] = None, affinity: Optional[Union[str, Path]] 
     block_flops = None
     fixed_params = fixed_flops = 0
     space_name = None
-    if space is not None:
-        from ..spaces import load_space
-
-        sp = load_space(space)
+    if sp is not None:
         space_name = sp.name
         unknown = [t for t in tasks if t not in sp.task_names]
         if unknown:
