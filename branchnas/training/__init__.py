@@ -9,64 +9,55 @@ Public API (see the "Training" section of ``docs/internals.md``):
   :func:`single_task_model`, :func:`load_single_task_model`;
 * loss weightings: :func:`create_weighting`, :func:`list_weightings`, ... (equal, dwa, uncertainty);
 * :class:`AsyncUpdater` (UberNet's asynchronous SGD) and :class:`RunDir`;
-* ``memory_bounded_backward`` (UberNet's memory-bounded backprop), imported on first use.
+* ``memory_bounded_backward`` (UberNet's memory-bounded backprop).
+
+Every name is imported on first use, so ``from branchnas.training.config import
+add_train_arguments`` (what the command line's parser needs) does not import torch.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, List
 
-from .async_updates import SHARED, AsyncUpdater
-from .config import TrainConfig, add_train_arguments, overrides_from_args
-from .rundir import RunDir
-from .single import load_single_task_model, single_run_dir, single_task_model, train_single
-from .trainer import evaluate, lr_factor, resolve_amp, resolve_device, seed_everything, train
-from .weighting import (
-    DWAWeighting,
-    EqualWeighting,
-    ScaledWeighting,
-    UncertaintyWeighting,
-    Weighting,
-    create_weighting,
-    get_weighting,
-    list_weightings,
-    register_weighting,
-)
+# Public name -> submodule defining it (resolved lazily by __getattr__).
+_LAZY = {
+    "TrainConfig": "config",
+    "add_train_arguments": "config",
+    "overrides_from_args": "config",
+    "train": "trainer",
+    "evaluate": "trainer",
+    "resolve_device": "trainer",
+    "resolve_amp": "trainer",
+    "lr_factor": "trainer",
+    "seed_everything": "trainer",
+    "train_single": "single",
+    "single_task_model": "single",
+    "single_run_dir": "single",
+    "load_single_task_model": "single",
+    "RunDir": "rundir",
+    "AsyncUpdater": "async_updates",
+    "SHARED": "async_updates",
+    "Weighting": "weighting",
+    "EqualWeighting": "weighting",
+    "DWAWeighting": "weighting",
+    "UncertaintyWeighting": "weighting",
+    "ScaledWeighting": "weighting",
+    "create_weighting": "weighting",
+    "get_weighting": "weighting",
+    "list_weightings": "weighting",
+    "register_weighting": "weighting",
+    "memory_bounded_backward": "memory",
+}
 
-__all__ = [
-    "TrainConfig",
-    "add_train_arguments",
-    "overrides_from_args",
-    "train",
-    "evaluate",
-    "resolve_device",
-    "resolve_amp",
-    "lr_factor",
-    "seed_everything",
-    "train_single",
-    "single_task_model",
-    "single_run_dir",
-    "load_single_task_model",
-    "RunDir",
-    "AsyncUpdater",
-    "SHARED",
-    "Weighting",
-    "EqualWeighting",
-    "DWAWeighting",
-    "UncertaintyWeighting",
-    "ScaledWeighting",
-    "create_weighting",
-    "get_weighting",
-    "list_weightings",
-    "register_weighting",
-    "memory_bounded_backward",
-]
-
-_LAZY = {"memory_bounded_backward": "branchnas.training.memory"}
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'branchnas.training' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))
