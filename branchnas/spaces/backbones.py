@@ -347,6 +347,7 @@ class ResNetBackbone(Backbone):
         self.weights = weights
         self._weights_enum = self._resolve_weights(weights)
         self._pretrained: Optional[nn.Module] = None
+        self._meta_model: Optional[nn.Module] = None
 
     def _resolve_weights(self, weights: Optional[str]) -> Any:
         if weights is None:
@@ -391,9 +392,11 @@ class ResNetBackbone(Backbone):
                 with torch.device("cpu"):
                     self._pretrained = self._torchvision_model(self._weights_enum)
             return copy.deepcopy(self._take(self._pretrained, d)).to(device)
-        # Build the whole torchvision model on the meta device (cheap), keep block d, and
-        # materialise only that block with torchvision's own initialisation scheme.
-        block = self._take(on_meta(self._torchvision_model), d)
+        # Build the whole torchvision model once on the meta device (cheap), copy block d,
+        # and materialise only that copy with torchvision's initialisation scheme.
+        if self._meta_model is None:
+            self._meta_model = on_meta(self._torchvision_model)
+        block = copy.deepcopy(self._take(self._meta_model, d))
         if device.type == "meta":
             return block
         block = block.to_empty(device=device)
