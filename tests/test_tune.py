@@ -15,6 +15,7 @@ import pytest
 
 from branchnas.errors import BranchnasError
 from branchnas.pipeline.jobs import JobContext, job_key, run_job
+from branchnas.pipeline.queue import open_storage
 from branchnas.pipeline.tune import (
     build_model,
     check_equal_budgets,
@@ -39,9 +40,7 @@ MODEL = "single:scene"
 
 def _study(out: Path, model: str = MODEL) -> optuna.Study:
     return optuna.load_study(study_name=tuning_study_name("scenes", model),
-                             storage=optuna.storages.JournalStorage(
-                                 optuna.storages.journal.JournalFileBackend(
-                                     tuning_storage_url(out, "scenes", model)[len("journal:"):])))
+                             storage=open_storage(tuning_storage_url(out, "scenes", model)))
 
 
 def test_tune_writes_the_best_settings_where_train_picks_them_up(tmp_path: Path) -> None:
