@@ -105,11 +105,11 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     prof = PROFILES[cfg.profile]
     out = Path(cfg.out) if cfg.out else Path("runs") / (
         space.name if cfg.profile == "full" else f"{space.name}-{cfg.profile}")
-    out.mkdir(parents=True, exist_ok=True)
     config = TrainConfig.from_sources({**space.training, **prof.get("training", {})}, cfg.training)
     baselines = cfg.baselines if cfg.baselines is not None else prof["baselines"]
     budgets = [parse_budget(b) for b in cfg.budgets] if cfg.budgets else default_budgets(space, prof["budgets"])
     k = cfg.k or prof["k"]
+    out.mkdir(parents=True, exist_ok=True)  # only once the settings are known to be valid
     _write_json(out / "pipeline.json", {**asdict(cfg), "resolved_budgets": budgets, "k": k,
                                         "space_resolved": space.to_dict()})
 

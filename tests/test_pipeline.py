@@ -1,0 +1,88 @@
+"""End to end on the tiny profile: every stage, the report, and resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from branchnas.cli import main
+from branchnas.pipeline.results import results_table
+
+TASKS = ["semseg", "depth"]
+ARGS = ["--profile", "tiny", "--tasks", *TASKS, "--budgets", "0.6M", "--baselines", "shared",
+        "--progress", "false", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _scene_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("BRANCHNAS_CACHE", str(tmp_path_factory.getbasetemp() / "scenes-cache"))
+
+
+def _results(out: Path) -> dict:
+    table = results_table(out)
+    cols = [c for c in table.columns if "/" in c] + ["params", "delta_m"]
+    # NaN marks a metric of another task's run: make it comparable.
+    return {row["name"]: tuple(None if row[c] != row[c] else row[c] for c in cols)
+            for _, row in table.iterrows()}
+
+
+def test_run_writes_every_stage_and_report(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), *ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "recommended architectures" in printed and "Pareto plot" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["budget"] for r in summary["recommended"]] == [600_000]
+    for rel in ("affinity-rsa.npz", "affinity-rsa.json", "search.json", "plots/pareto.png",
+                "plots/pareto.csv", "report.html", "report.md", "single/semseg/done",
+                "baselines/shared/done"):
+        assert (out / rel).exists(), rel
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "Recommended trees" in html
+    table = results_table(out)
+    assert set(table["model"]) == {"single", "tree", "shared"}
+    assert table[table["model"] == "tree"]["params"].iloc[0] <= 600_000
+
+    # A second run finds every stage done and trains nothing.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("done")}
+    assert main(["run", "--out", str(out), *ARGS]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("done")} == before
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "branchnas", "run", *ARGS]
+
+    reference = tmp_path / "reference"
+    subprocess.run([*cmd, "--out", str(reference)], check=True, env=env, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    # Kill it once the tree's training has written a checkpoint but not finished.
+    tree_runs = killed / "trees"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = list(tree_runs.glob("*/checkpoints/last.pt")) if tree_runs.exists() else []
+        if ckpts:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not list(tree_runs.glob("*/done"))
+
+    subprocess.run([*cmd, "--out", str(killed)], check=True, env=env, capture_output=True)
+    assert _results(killed) == _results(reference)
+
+
+def test_bad_budget_is_one_line_error(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "x"), "--profile", "tiny", "--budgets", "lots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert not (tmp_path / "x").exists()
