@@ -71,6 +71,41 @@ def test_scenes_space_is_the_embedded_benchmark_and_matches_the_dataset_catalogu
     assert set(attrs.heads.values()) == {"linear"}
 
 
+def _catalogue(space):
+    """What the space's dataset can label (name -> spec), from the data package."""
+    if space.dataset_name == "scenes":
+        from branchnas.data.scenes import SCENES_TASKS
+
+        return SCENES_TASKS
+    if space.dataset_name == "cityscapes":
+        from branchnas.data.cityscapes import cityscapes_tasks
+
+        return cityscapes_tasks()
+    if space.dataset_name == "nyuv2":
+        from branchnas.data.nyuv2 import NYUV2_TASKS
+
+        return NYUV2_TASKS
+    if space.dataset_name == "taskonomy":
+        from branchnas.data.taskonomy import taskonomy_tasks
+
+        return taskonomy_tasks()
+    return None  # celeba: names come from the dataset's attribute file
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_shipped_spaces_agree_with_their_dataset(name):
+    space = load_space(name)
+    assert tuple(space.dataset_kwargs["resolution"]) == space.input_size
+    catalogue = _catalogue(space)
+    if catalogue is None:
+        return
+    for t in space.tasks:
+        assert t.name in catalogue, t.name
+        spec = dict(catalogue[t.name])
+        assert spec.pop("type") == t.type, t.name
+        assert {k: t.params[k] for k in spec} == spec, t.name
+
+
 def test_cityscapes_space_reproduces_table_1_parameter_counts():
     # Paper, Table 1: three single-task networks 138M parameters, the MTL baseline 92M.
     space = load_space("cityscapes-resnet50")
