@@ -114,7 +114,7 @@ class _Uncertainty(nn.Module):
         self.log_vars = nn.ParameterDict({t: nn.Parameter(torch.randn(())) for t in tasks})
 
     def combine(self, losses: Mapping[str, Tensor]) -> Tensor:
-        return sum(torch.exp(-self.log_vars[t]) * l + self.log_vars[t] for t, l in losses.items())
+        return sum(torch.exp(-self.log_vars[t]) * v + self.log_vars[t] for t, v in losses.items())
 
 
 class _Normalised:
@@ -157,14 +157,16 @@ def _batch(tree: Tree, absent: Optional[str] = None, seed: int = 1) -> dict:
     return {"image": image, "labels": labels, "present": present}
 
 
-def _ordinary(model: nn.Module, batch: dict, tasks: Sequence[_Task], weighting) -> Dict[str, Tensor]:
+def _ordinary(
+    model: nn.Module, batch: dict, tasks: Sequence[_Task], weighting
+) -> Dict[str, Tensor]:
     preds = model(batch["image"], tasks=[t.name for t in tasks])
     losses = {
         t.name: t.loss(preds[t.name], batch["labels"][t.name], batch["present"][t.name])
         for t in tasks
     }
     weighting.combine(losses).backward()
-    return {t: l.detach() for t, l in losses.items()}
+    return {t: loss.detach() for t, loss in losses.items()}
 
 
 def _grads(*modules: nn.Module) -> Dict[str, Optional[Tensor]]:
@@ -202,8 +204,12 @@ def _compare(model: nn.Module, tasks, weighting, batch, rng_seed: int = 0):
     ref_losses = _ordinary(ref_model, batch, tasks, ref_w)
     torch.manual_seed(rng_seed)
     mem_losses = memory_bounded_backward(mem_model, batch, tasks, mem_w)
-    mods = lambda w: [w] if isinstance(w, nn.Module) else []  # noqa: E731
-    _assert_same_step([ref_model, mods(ref_w)], [mem_model, mods(mem_w)], ref_losses, mem_losses)
+    def modules(w) -> List[nn.Module]:
+        return [w] if isinstance(w, nn.Module) else []
+
+    _assert_same_step(
+        [ref_model, modules(ref_w)], [mem_model, modules(mem_w)], ref_losses, mem_losses
+    )
     return ref_model, mem_model
 
 
@@ -228,7 +234,7 @@ def test_branching_at_the_input_and_a_subset_of_tasks():
     torch.manual_seed(3)
     model = _TreeNet(tree)
     tasks = [_Task("t1"), _Task("t0")]
-    ref_model, mem_model = _compare(model, tasks, _Uncertainty(["t0", "t1"]), _batch(tree))
+    _, mem_model = _compare(model, tasks, _Uncertainty(["t0", "t1"]), _batch(tree))
     assert all(p.grad is None for p in mem_model.heads["t2"].parameters())
     assert all(p.grad is None for p in mem_model.nodes[1][2].parameters())
 
@@ -259,7 +265,8 @@ def test_dropout_masks_are_replayed_in_recomputation():
     tree = _tree(3, 2, seed=6)
     torch.manual_seed(6)
     model = _TreeNet(tree, dropout=0.5)
-    _compare(model, [_Task(t) for t in tree.tasks], _Uncertainty(tree.tasks), _batch(tree), rng_seed=9)
+    tasks = [_Task(t) for t in tree.tasks]
+    _compare(model, tasks, _Uncertainty(tree.tasks), _batch(tree), rng_seed=9)
     # and the global RNG moves on exactly as after the ordinary forward
     torch.manual_seed(9)
     model(_batch(tree)["image"])
@@ -322,7 +329,7 @@ def _trainer_step(model, batch, tasks, weighting) -> Dict[str, Tensor]:
     }
     n_present = {t: int(p.sum()) for t, p in batch["present"].items()}
     weighting.combine(losses, present=n_present).backward()
-    return {t: l.detach() for t, l in losses.items()}
+    return {t: loss.detach() for t, loss in losses.items()}
 
 
 @pytest.mark.parametrize(
@@ -368,7 +375,9 @@ def test_branched_net_on_scenes_matches_the_trainers_ordinary_step(groupings, we
 
     ref_model, ref_base = copy.deepcopy(model), copy.deepcopy(base)
     mem_model, mem_base = copy.deepcopy(model), copy.deepcopy(base)
-    wrap = lambda b: ScaledWeighting(b, scales=w.scales) if w is not base else b  # noqa: E731
+    def wrap(b):
+        return ScaledWeighting(b, scales=w.scales) if w is not base else b
+
     torch.manual_seed(13)
     ref_losses = _trainer_step(ref_model, batch, tasks, wrap(ref_base))
     torch.manual_seed(13)

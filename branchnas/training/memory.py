@@ -28,8 +28,10 @@ branch's activations at a time:
 
 Peak memory is then the trunk's anchors plus one root-to-leaf path (its blocks' graphs,
 one head's graph and one gradient buffer per depth): it grows with the depth of the
-tree, not with the number of tasks. The price is one more forward of every block and
-head (about 1.3-1.5× the time of an ordinary step).
+tree, not with the number of tasks (plus a recorded RNG state, about 5 KB, per block and
+head). The price is one more forward of every block, head and loss: 1.6-2× the time of an
+ordinary step in ``bench/bench_memory.py``, where full-resolution dense heads and their
+losses dominate the forward.
 
 During recomputation each module's buffers are saved and restored, so BatchNorm
 running statistics (and ``num_batches_tracked``) end exactly as after one ordinary
