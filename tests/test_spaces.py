@@ -220,6 +220,16 @@ def test_subset_keeps_heads_and_backbone():
         space.subset(["sky"])
 
 
+def test_programmatic_spaces_check_their_head_mappings():
+    space = load_space("scenes")
+    with pytest.raises(BranchnasError, match="heads name task.*sky"):
+        SearchSpace("x", space.backbone, space.tasks, (32, 32), heads={"sky": "fcn"})
+    with pytest.raises(BranchnasError, match="task 'depth': .*image-level|task 'depth': .*dense"):
+        SearchSpace("x", space.backbone, space.tasks, (32, 32), heads={"depth": "mlp"})
+    with pytest.raises(BranchnasError, match="twice"):
+        SearchSpace("x", space.backbone, space.tasks * 2, (32, 32))
+
+
 def test_load_space_errors_for_unknown_names_and_missing_files(tmp_path):
     with pytest.raises(
         BranchnasError, match="unknown search space 'nope'; choose one of: .*scenes"

@@ -242,6 +242,13 @@ class SearchSpace:
         self.dataset: Dict[str, Any] = dict(dataset or {})
         self.training: Dict[str, Any] = dict(training or {})
         heads = dict(heads or {})
+        for what, given in (("heads", heads), ("head_kwargs", head_kwargs or {})):
+            stray = sorted(set(given) - set(names))
+            if stray:
+                raise BranchnasError(
+                    f"search space {name!r}: {what} name task(s) {', '.join(stray)} that it "
+                    f"does not have; use tasks from: {', '.join(names)}"
+                )
         self.heads: Dict[str, str] = {t.name: heads.get(t.name, t.default_head) for t in self.tasks}
         self.head_kwargs: Dict[str, Dict[str, Any]] = {
             t.name: dict((head_kwargs or {}).get(t.name, {})) for t in self.tasks
