@@ -248,8 +248,9 @@ def _capture_rng(step: _Step) -> _RngState:
 
 @contextlib.contextmanager
 def _replayed_rng(step: _Step, key: Any) -> Iterator[None]:
-    """Run the body with the RNG state recorded for ``key``; the global RNG is untouched."""
-    cpu, cuda = step.rng[key]
+    """Run the body with the RNG state recorded for ``key`` (used once, then dropped); the
+    global RNG is untouched."""
+    cpu, cuda = step.rng.pop(key)
     with torch.random.fork_rng(devices=step.devices):
         torch.set_rng_state(cpu)
         for d, state in zip(step.devices, cuda):
