@@ -61,10 +61,13 @@ def _out_dir(args: argparse.Namespace, space_name: str) -> Path:
     return Path(args.out) if args.out else Path("runs") / space_name
 
 
-def _train_config(args: argparse.Namespace, space: Any) -> Any:
+def _train_config(args: argparse.Namespace, space: Any, model: Optional[str] = None) -> Any:
+    """The space's training table, then settings tuned for ``model`` (if any), then the command line."""
+    from .pipeline.tune import tuned_overrides
     from .training import TrainConfig, overrides_from_args
 
-    return TrainConfig.from_sources(space.training, overrides_from_args(args))
+    tuned = tuned_overrides(_out_dir(args, space.name), space, model) if model else {}
+    return TrainConfig.from_sources(space.training, {**tuned, **overrides_from_args(args)})
 
 
 def _cmd_train_single(args: argparse.Namespace) -> int:
@@ -73,8 +76,9 @@ def _cmd_train_single(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     out = _out_dir(args, space.name)
-    results = run_singles(space, out, _train_config(args, space), tasks=args.tasks, device=args.device)
-    _print(_format_results(results.values()))
+    results = [run_singles(space, out, _train_config(args, space, f"single:{t}"), tasks=[t], device=args.device)[t]
+               for t in (args.tasks or space.task_names)]
+    _print(_format_results(results))
     _print(f"\nrun directories: {out / 'single'}")
     return 0
 
@@ -96,7 +100,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     space, tree = _space_and_tree(args)
     out = _out_dir(args, space.name)
     name = args.name or Path(args.tree).stem
-    result = run_tree(space, tree, out, _train_config(args, space), name, device=args.device)
+    result = run_tree(space, tree, out, _train_config(args, space, f"tree:{args.tree}"), name, device=args.device)
     _print(tree.ascii())
     _print(_format_results([result]))
     _print(f"\nrun directory: {out / 'trees' / name}")
@@ -109,7 +113,7 @@ def _cmd_baseline(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     out = _out_dir(args, space.name)
-    result = run_baseline(space, args.name, out, _train_config(args, space), device=args.device)
+    result = run_baseline(space, args.name, out, _train_config(args, space, args.name), device=args.device)
     _print(_format_results([result]))
     return 0
 
@@ -179,7 +183,7 @@ def _pipeline_config(args: argparse.Namespace, profile: str) -> Any:
     return PipelineConfig(space=args.space, out=args.out, profile=profile, tasks=args.tasks,
                           budgets=budgets, strategy=args.strategy, measure=args.measure, k=args.k,
                           baselines=args.baselines, device=args.device,
-                          training=overrides_from_args(args))
+                          training=overrides_from_args(args), storage=args.storage, study=args.study)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -227,6 +231,29 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from .pipeline.queue import run_worker
+
+    report = run_worker(args.storage, args.study, imports=args.imports or (), max_jobs=args.max_jobs,
+                        idle_timeout=args.idle_timeout)
+    _print(f"worker {report.worker}: {len(report.completed)} completed, {len(report.failed)} failed, "
+           f"{len(report.lost)} handed back, {len(report.duplicates)} duplicates skipped")
+    return 1 if report.failed else 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from .pipeline.tune import tune
+    from .spaces import load_space
+    from .training import overrides_from_args
+
+    space = load_space(args.space)
+    out = _out_dir(args, space.name)
+    result = tune(args.space, args.model, trials=args.trials, out_dir=out, storage=args.storage,
+                  queue_study=args.study, overrides=overrides_from_args(args), device=args.device)
+    _print(json.dumps(result, indent=2))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -250,6 +277,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output directory of the runs (default: runs/<space>)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
     add_train_arguments(p)
+
+
+def _queue_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--storage", required=required,
+                   help="job queue: sqlite:///path.db, journal:///abs/path.journal or postgresql://user:pw@host/db"
+                   + ("" if required else " (training jobs then run on `branchnas worker`s)"))
+    p.add_argument("--study", default="branchnas", help="queue name on that storage (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -345,11 +379,29 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--k", type=int, help="held-out images for affinity (default: the profile's)")
         p.add_argument("--baselines", nargs="*", metavar="NAME",
                        help="baselines to train (default: shared cross_stitch mtan nddr)")
+        _queue_args(p, required=False)
         _run_args(p)
 
     p = _add(sub, "report", _cmd_report, "write report.html (self-contained) and report.md for a run directory")
     p.add_argument("run_dir", help="a directory written by `branchnas run`")
 
+
+
+    p = _add(sub, "worker", _cmd_worker, "take training jobs from a queue until none remain")
+    _queue_args(p, required=True)
+    p.add_argument("--max-jobs", type=int, help="stop after this many jobs")
+    p.add_argument("--idle-timeout", type=float, default=600.0,
+                   help="seconds to wait on an empty open queue (default: %(default)s)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   help="module registering extra job kinds (repeatable)")
+
+    p = _add(sub, "tune", _cmd_tune, "tune a model's optimiser, learning rate, batch size and schedule with optuna")
+    _space_arg(p)
+    p.add_argument("--model", required=True,
+                   help="single:<task>, tree:<file.json>, or a baseline (shared, cross_stitch, mtan, nddr)")
+    p.add_argument("--trials", type=int, default=20, help="trials, the same for every compared model (default: %(default)s)")
+    _queue_args(p, required=False)
+    _run_args(p)
 
     return parser
 

@@ -86,3 +86,25 @@ def test_bad_budget_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_run_through_a_queue_matches_in_process(tmp_path):
+    """`run --storage` enqueues the training jobs; two workers train them; same results."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    reference = tmp_path / "reference"
+    assert main(["run", "--out", str(reference), *ARGS]) == 0
+
+    storage = f"journal://{tmp_path / 'jobs.journal'}"
+    queued = tmp_path / "queued"
+    driver = subprocess.Popen([sys.executable, "-m", "branchnas", "run", "--out", str(queued),
+                               "--storage", storage, *ARGS], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    workers = [subprocess.Popen([sys.executable, "-m", "branchnas", "worker", "--storage", storage,
+                                 "--idle-timeout", "120"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL) for _ in range(2)]
+    _, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, err.decode()[-2000:]
+    reports = [w.communicate(timeout=180)[0].decode() for w in workers]
+    completed = sum(int(r.split(": ")[1].split(" completed")[0]) for r in reports)
+    assert completed == 2 + 1 + 1  # two single-task nets, one tree, one baseline
+    assert _results(queued) == _results(reference)

@@ -113,7 +113,7 @@ def list_job_kinds() -> List[str]:
     return _KINDS.names()
 
 
-JOB_KIND_MODULES: List[str] = ["branchnas.pipeline.tune"]
+JOB_KIND_MODULES: List[str] = ["branchnas.pipeline.tune", "branchnas.pipeline.executors"]
 """Modules whose import registers the built-in job kinds (imported by :func:`load_job_kinds`)."""
 
 

@@ -21,9 +21,12 @@ from ..errors import BranchnasError
 from ..training import TrainConfig
 from ..training.rundir import atomic_write_text
 from .affinity import affinity_stage
+from .executors import baseline_job, single_job, tree_job
 from .pareto import write_pareto
 from .results import ModelResult, results_table
+from .queue import close_queue, run_jobs
 from .stages import run_baseline, run_singles, run_tree
+from .tune import tuned_overrides
 
 __all__ = ["PROFILES", "PipelineConfig", "profile_space", "default_budgets", "run_pipeline",
            "format_summary"]
@@ -33,13 +36,16 @@ log = logging.getLogger(__name__)
 # Each profile overrides parts of the search space and the pipeline's own settings.
 #   dataset / input_size: merged into the space ([dataset] table, [input] size)
 #   training: merged over the space's [training] table (then command-line overrides)
+#   tasks: the tasks used when none are given (default: all of the space's)
 #   k: held-out images for affinity; budgets: how many budgets when none are given
 #   baselines: which baselines to train
 PROFILES: Dict[str, Dict[str, Any]] = {
     "full": {"k": 500, "budgets": 3,
              "baselines": ["shared", "cross_stitch", "mtan", "nddr"]},
-    "demo": {"dataset": {"size": 320}, "training": {"epochs": 3, "batch_size": 32},
-             "k": 160, "budgets": 3, "baselines": ["shared", "cross_stitch", "mtan", "nddr"]},
+    "demo": {"tasks": ["semseg", "depth", "normals", "scene"],
+             "dataset": {"size": 256, "resolution": [32, 32]}, "input_size": [32, 32],
+             "training": {"epochs": 3, "batch_size": 32}, "k": 128, "budgets": 3,
+             "baselines": ["shared", "cross_stitch", "mtan", "nddr"]},
     "tiny": {"dataset": {"size": 12, "resolution": [32, 32]}, "input_size": [32, 32],
              "training": {"epochs": 2, "batch_size": 6, "eval_batch_size": 12}, "k": 8,
              "budgets": 2, "baselines": ["shared"]},
@@ -61,6 +67,8 @@ class PipelineConfig:
     baselines: Optional[List[str]] = None  # default: the profile's
     device: Optional[str] = None  # None: CUDA when available
     training: Dict[str, Any] = field(default_factory=dict)  # overrides of the training config
+    storage: Optional[str] = None  # job-queue URL: training jobs go to `branchnas worker`s
+    study: str = "branchnas"  # the queue's study name on that storage
 
 
 def profile_space(space: Any, profile: str, tasks: Optional[Sequence[str]] = None) -> Any:
@@ -101,11 +109,12 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     from .recommend import recommend
 
     base = load_space(cfg.space)
-    space = profile_space(base, cfg.profile, cfg.tasks)
-    prof = PROFILES[cfg.profile]
+    prof = PROFILES.get(cfg.profile, {})
+    space = profile_space(base, cfg.profile, cfg.tasks or prof.get("tasks"))
     out = Path(cfg.out) if cfg.out else Path("runs") / (
         space.name if cfg.profile == "full" else f"{space.name}-{cfg.profile}")
-    config = TrainConfig.from_sources({**space.training, **prof.get("training", {})}, cfg.training)
+    space_training = {**space.training, **prof.get("training", {})}
+    config = TrainConfig.from_sources(space_training, cfg.training)
     baselines = cfg.baselines if cfg.baselines is not None else prof["baselines"]
     budgets = [parse_budget(b) for b in cfg.budgets] if cfg.budgets else default_budgets(space, prof["budgets"])
     k = cfg.k or prof["k"]
@@ -119,8 +128,19 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     def stage(msg: str) -> None:
         log.info("[stage %d/%d] %s", next(step), stages, msg)
 
+    def config_for(model: str) -> TrainConfig:
+        # tuned settings (`branchnas tune --out <out>`) under the command line's
+        return TrainConfig.from_sources(space_training, {**tuned_overrides(out, space, model), **cfg.training})
+
+    def through_queue(specs: List[Dict[str, Any]]) -> None:
+        # With a queue, workers train; the in-process stages below then find the runs done.
+        if cfg.storage and specs:
+            run_jobs(specs, cfg.storage, cfg.study)
+
     stage(f"single-task networks for {len(space.task_names)} tasks")
-    singles = run_singles(space, out, config, device=cfg.device)
+    through_queue([single_job(space, t, config_for(f"single:{t}"), out, cfg.device) for t in space.task_names])
+    singles = {t: run_singles(space, out, config_for(f"single:{t}"), tasks=[t], device=cfg.device)[t]
+               for t in space.task_names}
 
     stage(f"affinity ({cfg.measure}, K={k})")
     aff_path = affinity_stage(space, out, config, measure=cfg.measure, k=k, device=cfg.device)
@@ -134,20 +154,33 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
                       "flops": best.flops, "note": rec.result.note, "strategy": rec.result.strategy})
     _write_json(out / "search.json", [{**p, "tree": p["tree"].to_json()} for p in picks])
 
+    # One run per distinct tree (two budgets may pick the same), its tree file beside it.
+    runs: Dict[Any, Dict[str, Any]] = {}
+    for p in picks:
+        if p["tree"] not in runs:
+            name = f"budget-{format_budget(p['budget'])}"
+            tree_file = out / "search" / f"{name}.json"
+            tree_file.parent.mkdir(exist_ok=True)
+            p["tree"].save(tree_file)
+            runs[p["tree"]] = {"name": name, "config": config_for(f"tree:{tree_file}"),
+                               "extra": {"budget": p["budget"], "cost": p["cost"], "strategy": p["strategy"]}}
+    through_queue([tree_job(space, t, r["name"], r["config"], out, cfg.device, r["extra"]) for t, r in runs.items()]
+                  + [baseline_job(space, n, config_for(n), out, cfg.device) for n in baselines])
     trained: Dict[Any, ModelResult] = {}
     for p in picks:
         stage(f"tree for budget {format_budget(p['budget'])}")
+        r = runs[p["tree"]]
         if p["tree"] not in trained:
-            name = f"budget-{format_budget(p['budget'])}"
-            trained[p["tree"]] = run_tree(
-                space, p["tree"], out, config, name, device=cfg.device,
-                extra={"budget": p["budget"], "cost": p["cost"], "strategy": p["strategy"]})
+            trained[p["tree"]] = run_tree(space, p["tree"], out, r["config"], r["name"], device=cfg.device,
+                                          extra=r["extra"])
         p["result"] = trained[p["tree"]]
 
     results: Dict[str, ModelResult] = {}
     for name in baselines:
         stage(f"baseline {name}")
-        results[name] = run_baseline(space, name, out, config, device=cfg.device)
+        results[name] = run_baseline(space, name, out, config_for(name), device=cfg.device)
+    if cfg.storage:
+        close_queue(cfg.storage, cfg.study)
 
     stage("Pareto plot")
     path = [{"params": p["result"].params, "delta_m": p["result"].delta_m} for p in picks
