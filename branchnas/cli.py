@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -25,8 +26,16 @@ log = logging.getLogger(__name__)
 DEFAULT_SPACE = "scenes"
 
 
+# Under torchrun only rank 0 prints (set in main).
+_QUIET = False
+
+# Commands that may run under torchrun (one network trained by several processes).
+_DISTRIBUTED_COMMANDS = ("train", "baseline", "train-single")
+
+
 def _print(text: str = "") -> None:
-    print(text, flush=True)
+    if not _QUIET:
+        print(text, flush=True)
 
 
 def _write_json(obj: object) -> None:
@@ -415,7 +424,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "_command", None):
         parser.print_help()
         return 2
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
+        if distributed:
+            _start_distributed(args._command)
         return _COMMANDS[args._command](args)
     except BranchnasError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -423,3 +435,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr, flush=True)
         return 130
+    finally:
+        if distributed:
+            from .training.ddp import teardown
+
+            teardown()
+
+
+def _start_distributed(command: str) -> None:
+    """Join torchrun's process group; only rank 0 prints and logs below warnings."""
+    global _QUIET
+    if command not in _DISTRIBUTED_COMMANDS:
+        raise BranchnasError(f"`{command}` does not run under torchrun; only "
+                             f"{', '.join(_DISTRIBUTED_COMMANDS)} do")
+    from .training.ddp import init_distributed, is_main_process
+
+    init_distributed()
+    if not is_main_process():
+        _QUIET = True
+        logging.getLogger().setLevel(logging.WARNING)

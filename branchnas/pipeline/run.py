@@ -34,6 +34,8 @@ __all__ = ["PROFILES", "PipelineConfig", "profile_space", "default_budgets", "ru
 log = logging.getLogger(__name__)
 
 # Each profile overrides parts of the search space and the pipeline's own settings.
+# Small profiles train on one thread: the small CNN's convolutions are too small to gain from
+# more, and on a busy machine extra threads cost many times their work in contention.
 #   dataset / input_size: merged into the space ([dataset] table, [input] size)
 #   training: merged over the space's [training] table (then command-line overrides)
 #   tasks: the tasks used when none are given (default: all of the space's)
@@ -44,10 +46,10 @@ PROFILES: Dict[str, Dict[str, Any]] = {
              "baselines": ["shared", "cross_stitch", "mtan", "nddr"]},
     "demo": {"tasks": ["semseg", "depth", "normals", "scene"],
              "dataset": {"size": 256, "resolution": [32, 32]}, "input_size": [32, 32],
-             "training": {"epochs": 3, "batch_size": 32}, "k": 128, "budgets": 3,
+             "training": {"epochs": 3, "batch_size": 32, "threads": 1}, "k": 128, "budgets": 3,
              "baselines": ["shared", "cross_stitch", "mtan", "nddr"]},
     "tiny": {"dataset": {"size": 12, "resolution": [32, 32]}, "input_size": [32, 32],
-             "training": {"epochs": 2, "batch_size": 6, "eval_batch_size": 12}, "k": 8,
+             "training": {"epochs": 2, "batch_size": 6, "eval_batch_size": 12, "threads": 1}, "k": 8,
              "budgets": 2, "baselines": ["shared"]},
 }
 
