@@ -1,0 +1,669 @@
+"""Validation study (the paper's Fig. 2b on our benchmark): does the least-cost tree win?
+
+Every tree over a few tasks is trained (branching allowed over the last blocks only, so
+the count stays small), a subset again with more seeds to measure the noise, and then:
+
+- **correlation**: Spearman's ρ between a tree's clustering cost (RSA and CKA affinity)
+  and its measured Δm, among trees of equal parameter count (a lower cost should mean a
+  higher Δm, so the method predicts ρ < 0);
+- **regret**: for every budget (each distinct parameter count of the trees), the Δm of the
+  best trained tree within the budget minus the Δm of the tree a strategy picks: the exact
+  search on the RSA and on the CKA affinity, Lu et al.'s greedy (``fa`` strategy), the
+  ``random`` strategy (mean over seeds) and a random tree with the same parameter count as
+  the RSA pick (exact mean over those trees). Regret is ≥ 0 by construction (every tree
+  is trained); it is set against the seed noise of Δm.
+
+:func:`run_validation` trains (cached and resumable: one run directory per tree and seed
+under ``<out>/trees/``, reused when done), analyses and writes ``trees.csv``, ``seeds.csv``,
+``correlation.csv``, ``regret.csv``, ``cost_vs_delta_m.png``, ``regret.png`` and
+``SUMMARY.md`` into ``results_dir``. :func:`analyse` does the analysis alone on a trees
+table, so a partly trained study can be summarised too.
+
+Example:
+    >>> cfg = ValidationConfig(space="scenes", profile="tiny", shared_prefix=3,
+    ...                        seeds=(0, 1), out="/tmp/val", results_dir="/tmp/val/results")
+    >>> summary = run_validation(cfg)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import BranchnasError
+from ..training.rundir import atomic_write_text
+from ..tree import Tree
+from .results import RESULT_FILE, read_result
+
+__all__ = [
+    "STRATEGIES",
+    "VALIDATION_PROFILES",
+    "ValidationConfig",
+    "analyse",
+    "correlation_table",
+    "cost_vs_delta_m_data",
+    "noise_subset",
+    "plot_cost_vs_delta_m",
+    "plot_regret",
+    "regret_plot_data",
+    "regret_table",
+    "run_validation",
+    "seed_noise",
+    "study_space",
+    "study_trees",
+    "trees_table",
+    "write_validation",
+]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+# Study profiles (same keys as branchnas.pipeline.run.PROFILES; those are accepted too):
+#   dataset / input_size: merged into the space; training: over the space's [training];
+#   k: held-out images for the affinity.
+VALIDATION_PROFILES: Dict[str, Dict[str, Any]] = {
+    # what results/validation/ was made with: ~1-2 min per tree on one loaded CPU core
+    "study": {"dataset": {"size": 640, "resolution": [32, 32]}, "input_size": [32, 32],
+              "training": {"epochs": 5, "batch_size": 32, "eval_batch_size": 128, "eval_every": 5},
+              "k": 200},
+}
+
+# (label, search strategy, affinity measure) compared in the regret table.
+STRATEGIES: Tuple[Tuple[str, str, str], ...] = (
+    ("rsa", "exact", "rsa"),  # the paper's method
+    ("cka", "exact", "cka"),  # same search, CKA affinity
+    ("fa", "fa", "rsa"),  # Lu et al.'s greedy layer-by-layer grouping, same affinity
+)
+
+
+@dataclass
+class ValidationConfig:
+    """What ``branchnas validate`` does."""
+
+    space: str = "scenes"  # search-space name or TOML path
+    tasks: Optional[List[str]] = None  # default: the space's first 3 dense tasks
+    shared_prefix: int = 1  # blocks shared by all tasks; branching over the rest
+    profile: str = "study"  # a key of VALIDATION_PROFILES or pipeline.run.PROFILES
+    seeds: Tuple[int, ...] = (0, 1, 2)  # seed 0 trains every tree; the others the noise subset
+    noise_trees: Optional[List[str]] = None  # trees for extra seeds (default: noise_subset; ["all"])
+    random_draws: int = 20  # seeds of the random strategy per budget
+    k: Optional[int] = None  # held-out images for affinity (default: the profile's)
+    out: Optional[str] = None  # run root (default: runs/validation/<space>-<profile>)
+    results_dir: str = "results/validation"  # where the CSV/PNG/SUMMARY.md go
+    jobs: int = 1  # tree trainings in parallel (processes)
+    device: Optional[str] = None  # None: CUDA when available
+    training: Dict[str, Any] = field(default_factory=dict)  # overrides of the training config
+    train: bool = True  # False: analyse only the runs already done
+
+
+def _profile(name: str) -> Dict[str, Any]:
+    from .run import PROFILES
+
+    if name in VALIDATION_PROFILES:
+        return VALIDATION_PROFILES[name]
+    if name in PROFILES:
+        return PROFILES[name]
+    choices = ", ".join([*VALIDATION_PROFILES, *PROFILES])
+    raise BranchnasError(f"unknown profile {name!r}; choose one of: {choices}")
+
+
+def study_space(cfg: ValidationConfig) -> Any:
+    """The search space with the profile applied, restricted to the study's tasks."""
+    from ..spaces import SearchSpace, load_space
+
+    space = load_space(cfg.space)
+    prof = _profile(cfg.profile)
+    if "dataset" in prof or "input_size" in prof:
+        d = space.to_dict()
+        d["dataset"] = {**d["dataset"], **prof.get("dataset", {})}
+        if "input_size" in prof:
+            d["input"] = {**d["input"], "size": list(prof["input_size"])}
+        space = SearchSpace.from_dict(d, name=space.name, source=space.source)
+    if cfg.tasks:
+        tasks = list(cfg.tasks)
+    else:
+        tasks = [t.name for t in space.tasks if t.dense][:3]
+    if len(tasks) < 2:
+        raise BranchnasError(f"the study needs at least 2 tasks, got {tasks}; pass --tasks A B C")
+    if not 0 <= cfg.shared_prefix < space.depth:
+        raise BranchnasError(f"shared_prefix must be in 0..{space.depth - 1}, got "
+                             f"{cfg.shared_prefix}; branching needs at least one free block")
+    return space.subset(tasks)
+
+
+def study_trees(space: Any, shared_prefix: int) -> Dict[str, Tree]:
+    """Every tree of the study, named ``t000``, ``t001``, ... by (parameters, JSON)."""
+    from ..search import enumerate_trees
+
+    trees = list(enumerate_trees(space.task_names, space.depth, shared_prefix))
+    trees.sort(key=lambda t: (space.tree_params(t), t.dumps()))
+    return {f"t{i:03d}": t for i, t in enumerate(trees)}
+
+
+def noise_subset(space: Any, trees: Mapping[str, Tree], affinity: np.ndarray) -> List[str]:
+    """The trees trained with every seed: fully shared, all separate, and the least-cost
+    tree (under ``affinity``) of every parameter count held by several trees."""
+    from ..search import clustering_cost
+
+    by_params: Dict[int, List[str]] = {}
+    for name, tree in trees.items():
+        by_params.setdefault(space.tree_params(tree), []).append(name)
+    names = list(trees)
+    chosen = {names[0], names[-1]}
+    for group in by_params.values():
+        if len(group) > 1:
+            chosen.add(min(group, key=lambda n: (clustering_cost(trees[n], affinity), n)))
+    return sorted(chosen)
+
+
+def _run_name(tree_name: str, seed: int) -> str:
+    return f"{tree_name}-s{seed}"
+
+
+def _train_one(space_dict: Dict[str, Any], space_name: str, source: Optional[str],
+               tree_json: Dict[str, Any], out: str, config_dict: Dict[str, Any], name: str,
+               device: Optional[str]) -> Dict[str, Any]:
+    """Train one tree (a process-pool job: plain arguments in, the result as a dict out)."""
+    from ..spaces import SearchSpace
+    from ..training import TrainConfig
+    from .stages import run_tree
+
+    space = SearchSpace.from_dict(space_dict, name=space_name, source=source)
+    config = TrainConfig.from_dict(config_dict)
+    t0 = time.perf_counter()
+    result = run_tree(space, Tree.from_json(tree_json), out, config, name, device=device)
+    log.info("trained %s in %.0f s: Δm %s", name, time.perf_counter() - t0, result.delta_m)
+    return asdict(result)
+
+
+def _check_reused(run_path: Path, tree: Tree, seed: int) -> None:
+    path = run_path / RESULT_FILE
+    if path.exists():
+        r = read_result(path)
+        if r.tree is None or Tree.from_json(r.tree) != tree or r.seed != seed:
+            raise BranchnasError(f"{run_path} holds another tree or seed than the study's; "
+                                 "use another --out or delete that run directory")
+
+
+def _train_all(space: Any, jobs_list: List[Tuple[str, Tree, int]], out: Path, config: Any,
+               jobs: int, device: Optional[str]) -> None:
+    todo = []
+    for name, tree, seed in jobs_list:
+        run_path = out / "trees" / _run_name(name, seed)
+        _check_reused(run_path, tree, seed)
+        if not (run_path / RESULT_FILE).exists():
+            todo.append((name, tree, seed))
+    log.info("validation: %d of %d tree runs to train", len(todo), len(jobs_list))
+    args = [(space.to_dict(), space.name, space.source, tree.to_json(), str(out),
+             config.replace(seed=seed).to_dict(), _run_name(name, seed), device)
+            for name, tree, seed in todo]
+    if jobs <= 1:
+        for a in args:
+            _train_one(*a)
+        return
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        for f in [pool.submit(_train_one, *a) for a in args]:
+            f.result()
+
+
+def trees_table(space: Any, trees: Mapping[str, Tree], out: PathLike,
+                affinities: Mapping[str, np.ndarray], seeds: Sequence[int],
+                reference: Mapping[str, Mapping[str, float]]) -> Tuple[Any, Any]:
+    """The trained trees as tables: ``(trees, seeds)`` pandas DataFrames.
+
+    ``trees``: one row per tree: name, groups (readable), params, ``groups_per_depth``,
+    ``cost_<measure>`` per affinity, ``delta_m`` (first seed), ``delta_m_mean`` / ``delta_m_std``
+    / ``n_seeds`` over the seeds trained, per-task Δm (``dm/<task>``) and metrics
+    (``<task>/<metric>``) of the first seed, and the tree's JSON. Trees not yet trained with
+    the first seed have NaN there. ``seeds``: one row per (tree, seed) run done.
+    ``reference``: the single-task networks' metrics (task → metric → value).
+    """
+    import pandas as pd
+
+    from ..search import clustering_cost
+    from ..tasks import delta_m_per_task, metric_directions
+    directions = metric_directions(space.tasks)
+    rows, seed_rows = [], []
+    for name, tree in trees.items():
+        row: Dict[str, Any] = {
+            "name": name, "groups": _readable(tree), "params": space.tree_params(tree),
+            "groups_per_depth": "-".join(str(c) for c in tree.group_counts),
+        }
+        for measure, aff in affinities.items():
+            row[f"cost_{measure}"] = clustering_cost(tree, aff)
+        dms = []
+        for i, seed in enumerate(seeds):
+            path = Path(out) / "trees" / _run_name(name, seed) / RESULT_FILE
+            if not path.exists():
+                continue
+            r = read_result(path)
+            dm = float("nan") if r.delta_m is None else float(r.delta_m)
+            dms.append(dm)
+            seed_rows.append({"name": name, "seed": seed, "params": row["params"], "delta_m": dm})
+            if i == 0:
+                row["delta_m"] = dm
+                for task, v in delta_m_per_task(r.metrics, reference, directions).items():
+                    row[f"dm/{task}"] = v
+                for task, ms in r.metrics.items():
+                    for metric, v in ms.items():
+                        row[f"{task}/{metric}"] = v
+        row.setdefault("delta_m", float("nan"))
+        row["n_seeds"] = len(dms)
+        row["delta_m_mean"] = float(np.mean(dms)) if dms else float("nan")
+        row["delta_m_std"] = float(np.std(dms, ddof=1)) if len(dms) > 1 else float("nan")
+        row["tree"] = tree.dumps()
+        rows.append(row)
+    seed_cols = ["name", "seed", "params", "delta_m"]
+    return pd.DataFrame(rows), pd.DataFrame(seed_rows, columns=seed_cols)
+
+
+def _readable(tree: Tree) -> str:
+    """Depth by depth, groups separated by ``|`` and tasks by ``+`` (``/`` between depths)."""
+    return " / ".join(" | ".join("+".join(g) for g in part) for part in tree.groupings)
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan"), float("nan")
+    res = spearmanr(x, y)
+    return float(res[0]), float(res[1])
+
+
+def correlation_table(table: Any, measures: Sequence[str], column: str = "delta_m") -> Any:
+    """Spearman's ρ between ``cost_<measure>`` and Δm (``column``) among trees of equal params.
+
+    One row per (measure, parameter count held by ≥ 3 trained trees), then per measure a
+    ``pooled`` row (ρ of cost and Δm after subtracting each equal-parameter group's means,
+    groups of ≥ 2 trees), a ``mean`` row (mean of the per-group ρ) and an ``all`` row (every
+    tree, parameter counts ignored). The method predicts ρ < 0 (lower cost, higher Δm).
+    ``column``: ``delta_m`` (first seed) or ``delta_m_mean`` (mean over seeds); the table's
+    ``on`` column names it.
+    """
+    import pandas as pd
+
+    done = table[np.isfinite(table[column].to_numpy(dtype=float))]
+    rows = []
+    for m in measures:
+        col = f"cost_{m}"
+        group_rho, dx, dy = [], [], []
+        for params, g in done.groupby("params", sort=True):
+            x = g[col].to_numpy(dtype=float)
+            y = g[column].to_numpy(dtype=float)
+            if len(g) >= 2:
+                dx.extend(x - x.mean())
+                dy.extend(y - y.mean())
+            if len(g) >= 3:
+                rho, p = _spearman(x, y)
+                group_rho.append(rho)
+                rows.append({"on": column, "measure": m, "group": f"params={int(params)}",
+                             "params": int(params),
+                             "n": len(g), "spearman": rho, "p_value": p})
+        rho, p = _spearman(np.asarray(dx), np.asarray(dy))
+        rows.append({"on": column, "measure": m, "group": "pooled", "params": None, "n": len(dx),
+                     "spearman": rho, "p_value": p})
+        finite = [r for r in group_rho if np.isfinite(r)]
+        rows.append({"on": column, "measure": m, "group": "mean", "params": None, "n": len(finite),
+                     "spearman": float(np.mean(finite)) if finite else float("nan"),
+                     "p_value": float("nan")})
+        rho, p = _spearman(done[col].to_numpy(dtype=float), done[column].to_numpy(dtype=float))
+        rows.append({"on": column, "measure": m, "group": "all", "params": None, "n": len(done),
+                     "spearman": rho, "p_value": p})
+    return pd.DataFrame(rows, columns=["on", "measure", "group", "params", "n", "spearman",
+                                       "p_value"])
+
+
+def seed_noise(seeds: Any) -> Dict[str, float]:
+    """Seed noise of Δm: ``sigma`` (pooled within-tree standard deviation over seeds, trees
+    with ≥ 2 seeds), ``sigma_diff`` (σ·√2, the noise of a difference of two single-seed Δm),
+    ``trees`` and ``runs`` counted."""
+    var, dof, trees = 0.0, 0, 0
+    for _, g in seeds.groupby("name"):
+        v = g["delta_m"].to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v) >= 2:
+            var += float(((v - v.mean()) ** 2).sum())
+            dof += len(v) - 1
+            trees += 1
+    sigma = math.sqrt(var / dof) if dof else float("nan")
+    return {"sigma": sigma, "sigma_diff": sigma * math.sqrt(2), "trees": trees,
+            "runs": int(sum(np.isfinite(seeds["delta_m"].to_numpy(dtype=float))))}
+
+
+def regret_table(space: Any, table: Any, affinities: Mapping[str, np.ndarray], shared_prefix: int,
+                 random_draws: int = 20, noise: Optional[Mapping[str, float]] = None,
+                 column: str = "delta_m") -> Any:
+    """Per budget and strategy: the pick, its Δm and its regret (best Δm within budget − its Δm).
+
+    Budgets are the distinct parameter counts of the trees. Strategies: :data:`STRATEGIES`,
+    ``random`` (the random strategy, mean over ``random_draws`` seeds) and ``random_equal``
+    (mean over every tree with the RSA pick's parameter count). Uses ``column``: the first
+    seed's Δm (``delta_m``) or the mean over seeds (``delta_m_mean``); every tree must have it.
+    ``sigma_diff`` is the seed noise of a difference of two such values.
+
+    Raises:
+        BranchnasError: when some tree has no Δm yet (train it first).
+    """
+    import pandas as pd
+
+    from ..search import search
+
+    dm = dict(zip(table["tree"], table[column].astype(float)))
+    if not all(np.isfinite(v) for v in dm.values()):
+        raise BranchnasError("regret needs every tree's Δm; some trees are not trained yet "
+                             "(run the study to the end, then analyse again)")
+    params = dict(zip(table["tree"], table["params"].astype(int)))
+    names = dict(zip(table["tree"], table["name"]))
+    fixed = space.tree_params(space.fully_shared_tree()) - sum(space.block_params)
+    tasks = space.task_names
+    sigma_diff = (noise or {}).get("sigma_diff", float("nan"))
+    if column == "delta_m_mean":  # a mean over n seeds: noise / sqrt(n)
+        sigma_diff /= math.sqrt(float(table["n_seeds"].min()))
+
+    def pick(strategy: str, measure: str, budget: int, seed: int = 0) -> Tree:
+        res = search(affinities[measure], tasks, space.block_params, budget=budget,
+                     strategy=strategy, fixed_params=fixed, shared_prefix=shared_prefix, seed=seed)
+        return res.best.tree
+
+    rows = []
+    for budget in sorted(set(params.values())):
+        feasible = [t for t, p in params.items() if p <= budget]
+        best = max(feasible, key=lambda t: dm[t])
+        base = {"on": column, "budget": budget, "n_feasible": len(feasible), "best": names[best],
+                "best_delta_m": dm[best], "sigma_diff": sigma_diff}
+        rsa_pick = None
+        for label, strategy, measure in STRATEGIES:
+            if measure not in affinities:
+                continue
+            t = pick(strategy, measure, budget).dumps()
+            rsa_pick = t if label == "rsa" else rsa_pick
+            rows.append({**base, "strategy": label, "pick": names[t], "pick_params": params[t],
+                         "pick_delta_m": dm[t], "regret": dm[best] - dm[t], "n_picks": 1})
+        draws = [pick("random", "rsa" if "rsa" in affinities else next(iter(affinities)),
+                      budget, seed).dumps() for seed in range(random_draws)]
+        rows.append({**base, "strategy": "random", "pick": "", "pick_params":
+                     float(np.mean([params[t] for t in draws])),
+                     "pick_delta_m": float(np.mean([dm[t] for t in draws])),
+                     "regret": float(np.mean([dm[best] - dm[t] for t in draws])),
+                     "n_picks": len(draws)})
+        if rsa_pick is not None:
+            same = [t for t in feasible if params[t] == params[rsa_pick]]
+            rows.append({**base, "strategy": "random_equal", "pick": "", "pick_params":
+                         params[rsa_pick], "pick_delta_m": float(np.mean([dm[t] for t in same])),
+                         "regret": float(np.mean([dm[best] - dm[t] for t in same])),
+                         "n_picks": len(same)})
+    cols = ["on", "budget", "n_feasible", "strategy", "pick", "pick_params", "pick_delta_m", "best",
+            "best_delta_m", "regret", "n_picks", "sigma_diff"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def analyse(space: Any, table: Any, seeds: Any, affinities: Mapping[str, np.ndarray],
+            shared_prefix: int, random_draws: int = 20) -> Dict[str, Any]:
+    """Correlation, noise and (when every tree has a Δm) regret tables of a study."""
+    import pandas as pd
+
+    noise = seed_noise(seeds)
+    columns = ["delta_m"]
+    n = table["n_seeds"].to_numpy()
+    if len(n) and n.min() > 1 and n.min() == n.max():  # every tree has every seed
+        columns.append("delta_m_mean")
+    corr = pd.concat([correlation_table(table, list(affinities), c) for c in columns],
+                     ignore_index=True)
+    out: Dict[str, Any] = {"correlation": corr, "noise": noise, "regret": None}
+    if np.isfinite(table["delta_m"].to_numpy(dtype=float)).all():
+        out["regret"] = pd.concat(
+            [regret_table(space, table, affinities, shared_prefix, random_draws, noise, c)
+             for c in columns], ignore_index=True)
+    return out
+
+
+# ---------------------------------------------------------------------------- plots
+def cost_vs_delta_m_data(table: Any, measure: str) -> Dict[str, Any]:
+    """Plain data of the cost-vs-Δm scatter: per parameter count, the trees' costs, Δm
+    (first seed), and mean ± std over seeds where several were trained."""
+    done = table[np.isfinite(table["delta_m"].to_numpy(dtype=float))]
+    groups = []
+    for params, g in done.groupby("params", sort=True):
+        groups.append({"params": int(params), "cost": g[f"cost_{measure}"].tolist(),
+                       "delta_m": g["delta_m"].tolist(), "names": g["name"].tolist(),
+                       "mean": g["delta_m_mean"].tolist(),
+                       "std": g["delta_m_std"].fillna(0.0).tolist(),
+                       "n_seeds": g["n_seeds"].tolist()})
+    return {"measure": measure, "groups": groups}
+
+
+def plot_cost_vs_delta_m(data: Mapping[str, Any], ax: Any = None) -> Any:
+    """Draw :func:`cost_vs_delta_m_data` into ``ax`` (a new figure when None); returns it.
+
+    Trees of equal parameter count share a colour and are joined in cost order.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4.5))
+    cmap = plt.get_cmap("viridis")
+    n = max(1, len(data["groups"]) - 1)
+    for i, g in enumerate(data["groups"]):
+        colour = cmap(i / n)
+        order = np.argsort(g["cost"])
+        x = np.asarray(g["cost"])[order]
+        ax.plot(x, np.asarray(g["delta_m"])[order], "-o", color=colour, ms=5, lw=0.8,
+                label=f"{g['params'] / 1e3:.0f}k")
+        multi = [j for j in range(len(x)) if g["n_seeds"][j] > 1]
+        if multi:
+            ax.errorbar([g["cost"][j] for j in multi], [g["mean"][j] for j in multi],
+                        yerr=[g["std"][j] for j in multi], fmt="none", ecolor=colour,
+                        capsize=3, lw=1)
+    ax.set_xlabel(f"clustering cost ({data['measure'].upper()})")
+    ax.set_ylabel("Δm (%)")
+    ax.set_title(f"{data['measure'].upper()} cost vs Δm (colour: parameters)")
+    ax.legend(fontsize=7, ncol=2, title="params", title_fontsize=7)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def regret_plot_data(regret: Any, on: Optional[str] = None) -> Dict[str, Any]:
+    """Plain data of the regret bars: budgets, strategies and regret[strategy][budget].
+
+    ``on``: which Δm the regret used (``delta_m`` or ``delta_m_mean``); default: the mean
+    over seeds when the table has it, else the first seed.
+    """
+    if on is None:
+        on = "delta_m_mean" if (regret["on"] == "delta_m_mean").any() else "delta_m"
+    regret = regret[regret["on"] == on]
+    budgets = sorted(regret["budget"].unique().tolist())
+    strategies = list(dict.fromkeys(regret["strategy"].tolist()))
+    values = {s: [float(regret[(regret.strategy == s) & (regret.budget == b)]["regret"].iloc[0])
+                  if ((regret.strategy == s) & (regret.budget == b)).any() else float("nan")
+                  for b in budgets] for s in strategies}
+    sigma = float(regret["sigma_diff"].iloc[0]) if len(regret) else float("nan")
+    return {"budgets": budgets, "strategies": strategies, "regret": values, "sigma_diff": sigma,
+            "on": on}
+
+
+def plot_regret(data: Mapping[str, Any], ax: Any = None) -> Any:
+    """Draw :func:`regret_plot_data` as grouped bars per budget with the seed-noise band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4))
+    budgets, strategies = data["budgets"], data["strategies"]
+    width = 0.8 / max(1, len(strategies))
+    x = np.arange(len(budgets))
+    for i, s in enumerate(strategies):
+        ax.bar(x + (i - (len(strategies) - 1) / 2) * width, data["regret"][s], width, label=s)
+    if np.isfinite(data["sigma_diff"]):
+        ax.axhspan(0, data["sigma_diff"], color="grey", alpha=0.2,
+                   label="seed noise σ√2 of a Δm difference")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{b / 1e3:.0f}k" for b in budgets], rotation=45, fontsize=8)
+    ax.set_xlabel("parameter budget")
+    what = "mean over seeds" if data.get("on") == "delta_m_mean" else "first seed"
+    ax.set_ylabel(f"regret (pp of Δm, {what})")
+    ax.set_title("regret = best Δm within budget − Δm of the pick")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if not np.isfinite(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _md_table(df: Any) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def write_validation(results_dir: PathLike, table: Any, seeds: Any, analysis: Mapping[str, Any],
+                     setup: Mapping[str, Any]) -> List[Path]:
+    """Write the CSV tables, the PNG plots and ``SUMMARY.md`` (numbers only) into ``results_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = Path(results_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, df in (("trees", table), ("seeds", seeds), ("correlation", analysis["correlation"]),
+                     ("regret", analysis["regret"])):
+        if df is not None:
+            df.to_csv(d / f"{name}.csv", index=False, float_format="%.6g")
+            written.append(d / f"{name}.csv")
+    measures = [c[len("cost_"):] for c in table.columns if c.startswith("cost_")]
+    fig, axes = plt.subplots(1, len(measures), figsize=(6 * len(measures), 4.5), squeeze=False)
+    for ax, m in zip(axes[0], measures):
+        plot_cost_vs_delta_m(cost_vs_delta_m_data(table, m), ax)
+    fig.tight_layout()
+    fig.savefig(d / "cost_vs_delta_m.png", dpi=120)
+    plt.close(fig)
+    written.append(d / "cost_vs_delta_m.png")
+    if analysis["regret"] is not None:
+        ons = list(dict.fromkeys(analysis["regret"]["on"]))
+        fig, axes = plt.subplots(len(ons), 1, figsize=(9, 4 * len(ons)), squeeze=False)
+        for ax, on in zip(axes[:, 0], ons):
+            plot_regret(regret_plot_data(analysis["regret"], on), ax)
+        fig.tight_layout()
+        fig.savefig(d / "regret.png", dpi=120)
+        plt.close(fig)
+        written.append(d / "regret.png")
+    noise = analysis["noise"]
+    lines = ["# Validation study: numbers (generated by `branchnas validate`)", "",
+             "```", json.dumps(dict(setup), indent=2, default=str), "```", "",
+             (f"Trees trained (first seed): {int(np.isfinite(table['delta_m']).sum())} of "
+              f"{len(table)}; seed noise of Δm: σ = {_fmt(noise['sigma'])} pp over "
+              f"{noise['trees']} trees ({noise['runs']} runs); σ√2 = {_fmt(noise['sigma_diff'])} pp."),
+             "",
+             "## Spearman ρ(cost, Δm) (method predicts ρ < 0)", "",
+             _md_table(analysis["correlation"]), ""]
+    if analysis["regret"] is not None:
+        r = analysis["regret"]
+        keys = ["on", "strategy"]
+        mean = r.groupby(keys, sort=False)["regret"].agg(["mean", "max"]).reset_index()
+        zero = r.groupby(keys, sort=False)["regret"].apply(lambda s: int((s == 0).sum()))
+        mean["budgets_with_zero_regret"] = [int(zero[(o, s)]) for o, s in
+                                            zip(mean["on"], mean["strategy"])]
+        mean["sigma_diff"] = [float(r[r["on"] == o]["sigma_diff"].iloc[0]) for o in mean["on"]]
+        lines += ["## Regret per strategy over budgets (pp of Δm)", "", _md_table(mean), "",
+                  "## Regret per budget", "",
+                  _md_table(r[["on", "budget", "strategy", "pick", "pick_delta_m", "best",
+                               "best_delta_m", "regret"]]), ""]
+    lines += ["## Trees", "", _md_table(table[["name", "groups", "params"] + [
+        f"cost_{m}" for m in measures] + ["delta_m", "delta_m_mean", "delta_m_std", "n_seeds"]]), ""]
+    atomic_write_text(d / "SUMMARY.md", "\n".join(lines))
+    written.append(d / "SUMMARY.md")
+    return written
+
+
+def run_validation(cfg: ValidationConfig) -> Dict[str, Any]:
+    """Train every tree of the study (cached), analyse, and write the results.
+
+    Returns:
+        ``{"out", "results_dir", "trees", "seeds", "correlation", "regret", "noise", "files",
+        "setup"}`` (pandas tables where tables).
+
+    Raises:
+        BranchnasError: for bad settings (space, tasks, profile, prefix), or a run directory
+            holding another study's tree.
+    """
+    from ..affinity import load_affinity
+    from ..search import count_trees
+    from ..training import TrainConfig
+    from .affinity import affinity_stage
+    from .stages import run_singles, single_metrics
+
+    space = study_space(cfg)
+    prof = _profile(cfg.profile)
+    if not cfg.seeds:
+        raise BranchnasError("give at least one seed (e.g. --seeds 0 1 2)")
+    out = Path(cfg.out) if cfg.out else Path("runs") / "validation" / f"{space.name}-{cfg.profile}"
+    out.mkdir(parents=True, exist_ok=True)
+    config = TrainConfig.from_sources({**space.training, **prof.get("training", {})},
+                                      {**cfg.training, "seed": cfg.seeds[0]})
+    k = cfg.k or prof.get("k", 500)
+    n_trees = count_trees(len(space.task_names), space.depth, cfg.shared_prefix)
+    log.info("validation: %d tasks, %d trees, seeds %s, out %s", len(space.task_names), n_trees,
+             list(cfg.seeds), out)
+    t0 = time.perf_counter()
+    if cfg.train:
+        run_singles(space, out, config, device=cfg.device)
+    measures = [m for m in dict.fromkeys(s[2] for s in STRATEGIES)]
+    affinities = {}
+    for m in measures:
+        path = affinity_stage(space, out, config, measure=m, k=k, device=cfg.device) if cfg.train \
+            else out / f"affinity-{m}.npz"
+        affinities[m] = load_affinity(path).affinity
+    trees = study_trees(space, cfg.shared_prefix)
+    if cfg.noise_trees == ["all"]:
+        subset = list(trees)
+    elif cfg.noise_trees:
+        subset = list(cfg.noise_trees)
+    else:
+        subset = noise_subset(space, trees, affinities["rsa"])
+    unknown = [n for n in subset if n not in trees]
+    if unknown:
+        raise BranchnasError(f"unknown noise trees {unknown}; names run t000..t{len(trees) - 1:03d}")
+    if cfg.train:
+        jobs_list = [(n, t, cfg.seeds[0]) for n, t in trees.items()]
+        jobs_list += [(n, trees[n], s) for s in cfg.seeds[1:] for n in subset]
+        _train_all(space, jobs_list, out, config, cfg.jobs, cfg.device)
+    reference = single_metrics(space, out, config, device=cfg.device)
+    table, seeds = trees_table(space, trees, out, affinities, cfg.seeds, reference)
+    analysis = analyse(space, table, seeds, affinities, cfg.shared_prefix, cfg.random_draws)
+    setup = {"space": space.name, "tasks": space.task_names, "shared_prefix": cfg.shared_prefix,
+             "depth": space.depth, "trees": len(trees), "profile": cfg.profile,
+             "dataset": space.dataset_kwargs, "input_size": list(space.input_size),
+             "training": {k_: v for k_, v in config.to_dict().items()
+                          if k_ in ("optimizer", "lr", "epochs", "batch_size", "schedule",
+                                    "weight_decay", "weighting")},
+             "affinity_k": k, "seeds": list(cfg.seeds), "noise_trees": subset,
+             "random_draws": cfg.random_draws, "out": str(out),
+             "train_seconds_this_call": round(time.perf_counter() - t0, 1)}
+    files = write_validation(cfg.results_dir, table, seeds, analysis, setup)
+    return {"out": str(out), "results_dir": str(cfg.results_dir), "trees": table, "seeds": seeds,
+            "correlation": analysis["correlation"], "regret": analysis["regret"],
+            "noise": analysis["noise"], "files": [str(f) for f in files], "setup": setup}
