@@ -46,12 +46,13 @@ def run_singles(space: Any, out_dir: PathLike, config: TrainConfig,
         ``{task: ModelResult}`` in the space's task order.
     """
     names = list(tasks) if tasks else list(space.task_names)
-    raw = train_single(space, names, out_dir, config, device)
+    missing = [t for t in names if not (single_run_dir(out_dir, t).path / RESULT_FILE).exists()]
+    raw = train_single(space, missing, out_dir, config, device) if missing else {}
     results: Dict[str, ModelResult] = {}
     for task in names:
         run = single_run_dir(out_dir, task)
         path = run.path / RESULT_FILE
-        if path.exists():
+        if task not in raw:
             results[task] = read_result(path)
             continue
         sub = space.subset([task])
