@@ -16,6 +16,7 @@ import torch
 from ..errors import BranchnasError
 
 __all__ = [
+    "unit_similarity",
     "DEFAULT_CHUNK_BYTES",
     "add_gram",
     "as_matrix",
@@ -120,3 +121,23 @@ def add_gram(gram: torch.Tensor, block: torch.Tensor) -> None:
         gram += torch.from_numpy(b @ b.T)
     else:
         gram.addmm_(block, block.T)
+
+
+def unit_similarity(summaries: Any, *, location: str, what: str) -> np.ndarray:
+    """All pairwise inner products of unit-norm summary vectors, as a clean similarity matrix.
+
+    RSA (standardised rank vectors) and CKA (normalised centred Gram matrices) both reduce
+    their pairwise comparison to this: one product, symmetrised and clamped against rounding,
+    with an exact unit diagonal.
+
+    Raises:
+        BranchnasError: when the summaries come from different numbers of images.
+    """
+    if len({int(s.numel()) for s in summaries}) > 1:
+        raise BranchnasError(f"{what} at {location} come from different numbers of images; "
+                             "give every task the same K images")
+    stacked = torch.stack([s.to(summaries[0].device) for s in summaries])
+    sim = stacked @ stacked.T
+    sim = 0.5 * (sim + sim.T)
+    sim.clamp_(-1.0, 1.0).fill_diagonal_(1.0)
+    return sim.cpu().numpy()

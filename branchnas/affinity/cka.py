@@ -23,6 +23,7 @@ from ._arrays import (
     column_chunks,
     first_nonfinite_row,
     resolve_device,
+    unit_similarity,
 )
 from .measures import AffinityMeasure, register_measure
 
@@ -69,15 +70,7 @@ class CKAMeasure(AffinityMeasure):
     def compare(self, summaries: Sequence[torch.Tensor], *, tasks: Sequence[str],
                 location: str) -> np.ndarray:
         """CKA of all task pairs as one product of normalised Gram matrices."""
-        sizes = {int(s.numel()) for s in summaries}
-        if len(sizes) > 1:
-            raise BranchnasError(f"Gram matrices at {location} come from different numbers of images; "
-                                 "give every task the same K images")
-        grams = torch.stack([s.to(summaries[0].device) for s in summaries])
-        sim = grams @ grams.T
-        sim = 0.5 * (sim + sim.T)
-        sim.clamp_(-1.0, 1.0).fill_diagonal_(1.0)
-        return sim.cpu().numpy()
+        return unit_similarity(summaries, location=location, what="Gram matrices")
 
 
 def cka_affinity(features: Mapping[str, Sequence[Any]], *, device: DeviceLike = None,

@@ -27,6 +27,7 @@ from ._arrays import (
     column_chunks,
     first_nonfinite_row,
     resolve_device,
+    unit_similarity,
 )
 from .measures import AffinityMeasure, register_measure
 
@@ -164,15 +165,7 @@ class RSAMeasure(AffinityMeasure):
     def compare(self, summaries: Sequence[torch.Tensor], *, tasks: Sequence[str],
                 location: str) -> np.ndarray:
         """Spearman correlations of all task pairs as one product of rank vectors."""
-        sizes = {int(s.numel()) for s in summaries}
-        if len(sizes) > 1:
-            raise BranchnasError(f"RDMs at {location} come from different numbers of images; "
-                                 "give every task the same K images")
-        ranks = torch.stack([s.to(summaries[0].device) for s in summaries])
-        corr = ranks @ ranks.T
-        corr = 0.5 * (corr + corr.T)
-        corr.clamp_(-1.0, 1.0).fill_diagonal_(1.0)
-        return corr.cpu().numpy()
+        return unit_similarity(summaries, location=location, what="RDMs")
 
 
 def rsa_affinity(features: Mapping[str, Sequence[Any]], *, device: DeviceLike = None,
