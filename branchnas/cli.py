@@ -263,6 +263,20 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .pipeline.validate import ValidationConfig, run_validation
+    from .training import overrides_from_args
+
+    cfg = ValidationConfig(space=args.space, tasks=args.tasks, shared_prefix=args.shared_prefix,
+                           profile=args.profile, seeds=tuple(args.seeds), k=args.k, out=args.out,
+                           results_dir=args.results_dir, jobs=args.jobs, device=args.device,
+                           training=overrides_from_args(args), train=not args.analyse_only)
+    result = run_validation(cfg)
+    for path in result["files"]:
+        _print(f"wrote {path}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -410,6 +424,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single:<task>, tree:<file.json>, or a baseline (shared, cross_stitch, mtan, nddr)")
     p.add_argument("--trials", type=int, default=20, help="trials, the same for every compared model (default: %(default)s)")
     _queue_args(p, required=False)
+    _run_args(p)
+
+
+    p = _add(sub, "validate", _cmd_validate,
+             "validation study: train every tree, then correlate clustering cost with Δm and "
+             "measure the regret of the search's pick per budget (CSV, PNG, SUMMARY.md)")
+    _space_arg(p)
+    p.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks of the study (default: 3 dense tasks)")
+    p.add_argument("--shared-prefix", type=int, default=1,
+                   help="blocks always shared; branching over the rest (default: %(default)s)")
+    p.add_argument("--profile", default="study", help="training profile (default: %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="seed 0 trains every tree, the others a subset for noise (default: 0 1 2)")
+    p.add_argument("--k", type=int, help="held-out images for affinity (default: the profile's)")
+    p.add_argument("--results-dir", default="results/validation", help="where tables and plots go (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings in parallel (default: %(default)s)")
+    p.add_argument("--analyse-only", action="store_true", help="only analyse the runs already done")
     _run_args(p)
 
     return parser
