@@ -17,7 +17,10 @@
   (each epoch's data order comes from a generator seeded with ``(seed, epoch)``, and the
   checkpoint holds the model, optimizer, weighting, pending asynchronous gradients and
   every RNG state);
-* validation with each task's ``meter()`` over the whole validation set.
+* validation with each task's ``meter()`` over the whole validation set;
+* data parallelism under ``torchrun`` (:mod:`.ddp`): K processes with ``batch_size`` b each
+  train like one process with K·b (sharded batches of the same order, gradients and sample
+  counts all-reduced); rank 0 alone writes the run directory and evaluates.
 
 Example (with any model, tasks and datasets following docs/internals.md)::
 
@@ -28,12 +31,13 @@ Example (with any model, tasks and datasets following docs/internals.md)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,6 +45,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..errors import BranchnasError
+from . import ddp
 from .async_updates import SHARED, AsyncUpdater
 from .config import RUNTIME_FIELDS, TrainConfig
 from .rundir import RunDir
@@ -371,24 +376,40 @@ def train(
         BranchnasError: on bad input (unknown weighting, tasks the data does not label,
             a run directory started with another config, ...).
     """
+    ctx = ddp.current_context()
+    main = ctx is None or ctx.is_main
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    if run.is_done():
+    # rank 0 alone reads and writes the run directory (other machines may not share it)
+    done = _on_main(ctx, lambda: (True, run.read_result()) if run.is_done() else (False, None))
+    if done[0]:
         log.info("%s is done; skipping training", run.path)
-        return run.read_result()
+        return done[1]
     if len(train_set) == 0:
         raise BranchnasError("the training set is empty; check the dataset and its split")
     if config.threads is not None and torch.get_num_threads() != config.threads:
         log.info("using %d torch CPU thread(s)", config.threads)
         torch.set_num_threads(config.threads)
-    session = _Session(model, tasks, config, resolve_device(device),
-                       collate_fn or _default_collate())
+    if ctx is not None:
+        if device is not None and torch.device(device) != ctx.device:
+            log.warning("device %s ignored: distributed rank %d trains on %s",
+                        device, ctx.rank, ctx.device)
+        dev = ctx.device
+    else:
+        dev = resolve_device(device)
+    session = _Session(model, tasks, config, dev, collate_fn or _default_collate(), ctx)
     names = session.names
 
     run_config = {**config.to_dict(), "tasks": names, "model": type(model).__name__,
                   "parameters": sum(p.numel() for p in model.parameters()), **dict(meta or {})}
-    run.start(run_config, seed=config.seed, command=command, device=str(session.device),
-              ignore_keys=RUNTIME_FIELDS)
-    ckpt = run.load_checkpoint(map_location="cpu")
+    if ctx is not None:
+        run_config["world_size"] = ctx.world_size  # K·b is the batch: resume with the same K
+
+    def start() -> Optional[Dict[str, Any]]:
+        run.start(run_config, seed=config.seed, command=command, device=str(session.device),
+                  ignore_keys=RUNTIME_FIELDS)
+        return run.load_checkpoint(map_location="cpu")
+
+    ckpt = _on_main(ctx, start)  # distributed: rank 0's checkpoint reaches every rank
     if ckpt is not None:
         session.load_state_dict(ckpt)
         start_epoch = int(ckpt["epoch"])
@@ -396,56 +417,141 @@ def train(
     else:
         seed_everything(config.seed)
         start_epoch = 0
-    run.truncate_metrics(start_epoch)  # epochs logged after the checkpoint are trained again
+    if ctx is not None:
+        # the caller may have initialised the model differently per process
+        ctx.broadcast_module(session.model)
+        ctx.broadcast_module(session.weighting)
+    if main:
+        run.truncate_metrics(start_epoch)  # epochs logged after the checkpoint are trained again
 
-    drop_last = len(train_set) >= config.batch_size  # no ragged last batch (BatchNorm), unless tiny
-    steps = len(train_set) // config.batch_size if drop_last else 1
+    if ctx is None:
+        drop_last = len(train_set) >= config.batch_size  # no ragged last batch (BatchNorm)
+        steps = len(train_set) // config.batch_size if drop_last else 1
+    else:  # global batches of K·b, the last incomplete one dropped (raises when n < K·b)
+        steps = len(ctx.batch_sampler(len(train_set), config.batch_size))
     if config.max_train_batches is not None:
         steps = min(steps, config.max_train_batches)
     for epoch in range(start_epoch, config.epochs):
-        loader = DataLoader(
-            train_set, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
-            generator=_epoch_generator(config.seed, epoch), collate_fn=session.collate,
-            num_workers=config.num_workers, worker_init_fn=_seed_worker,
-            pin_memory=session.device.type == "cuda",
-        )
+        generator = _epoch_generator(config.seed, epoch)
+        if ctx is None:
+            loader = DataLoader(
+                train_set, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
+                generator=generator, collate_fn=session.collate,
+                num_workers=config.num_workers, worker_init_fn=_seed_worker,
+                pin_memory=session.device.type == "cuda",
+            )
+        else:
+            # dropout etc. differ per rank, and a resumed epoch draws as an uninterrupted one
+            # (the checkpoint holds rank 0's RNG state only)
+            seed_everything(_rank_seed(config.seed, epoch, ctx.rank))
+            # `generator` also draws the loader's base seed first, as in one process, so
+            # the sampler sees the generator in the same state as one process's DataLoader
+            loader = DataLoader(
+                train_set, batch_sampler=ctx.batch_sampler(len(train_set), config.batch_size,
+                                                           generator),
+                generator=generator, collate_fn=session.collate,
+                num_workers=config.num_workers, worker_init_fn=_seed_worker,
+                pin_memory=session.device.type == "cuda",
+            )
         record: Dict[str, Any] = {"epoch": epoch + 1, **session.train_epoch(loader, epoch, steps)}
+        if ctx is not None:
+            ctx.average_buffers(session.model)  # BatchNorm statistics of every process's batches
         t1 = time.perf_counter()
         val = None
         if epoch + 1 == config.epochs or (epoch + 1) % config.eval_every == 0:
-            val = session.evaluate(val_set)
+            val = _on_main(ctx, lambda: session.evaluate(val_set))
         record.update(val=val, eval_time_s=round(time.perf_counter() - t1, 4))
-        run.append_metrics(record)
-        run.save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch + 1,
-                             **session.state_dict(), "config": config.to_dict()})
-        log.info(
-            "%s epoch %d/%d: loss %.4f, %.1f img/s%s", run.path.name, epoch + 1, config.epochs,
-            record["train_total"], record["images_per_s"] or 0.0,
-            "" if val is None else ", val " + _short(val),
-        )
+        # distributed: rank 0 writes, and the others wait for it (the barrier after a checkpoint)
+        _on_main(ctx, functools.partial(_save_epoch, run, session, config, record))
+        if main:
+            log.info(
+                "%s epoch %d/%d: loss %.4f, %.1f img/s%s", run.path.name, epoch + 1,
+                config.epochs, record["train_total"], record["images_per_s"] or 0.0,
+                "" if val is None else ", val " + _short(val),
+            )
         if on_epoch_end is not None:
-            on_epoch_end(record)
+            _call_everywhere(ctx, on_epoch_end, record)
 
-    records = run.read_metrics()
-    final = next((r["val"] for r in reversed(records) if r.get("val") is not None), None)
-    if final is None:  # metrics.jsonl lost its records (e.g. deleted by hand): evaluate again
-        final = session.evaluate(val_set)
-    total_images = sum(r.get("images", 0) for r in records)
-    total_time = sum(r.get("time_s", 0.0) for r in records)
-    result: Dict[str, Any] = {t: final[t] for t in names}
-    result["epochs"] = config.epochs
-    result["images_per_s"] = total_images / total_time if total_time > 0 else None
-    run.mark_done(result)
-    log.info("%s done: %s", run.path, _short(final))
-    return result
+    def finish() -> Dict[str, Any]:
+        records = run.read_metrics()
+        final = next((r["val"] for r in reversed(records) if r.get("val") is not None), None)
+        if final is None:  # metrics.jsonl lost its records (e.g. deleted by hand): evaluate again
+            final = session.evaluate(val_set)
+        total_images = sum(r.get("images", 0) for r in records)
+        total_time = sum(r.get("time_s", 0.0) for r in records)
+        result: Dict[str, Any] = {t: final[t] for t in names}
+        result["epochs"] = config.epochs
+        result["images_per_s"] = total_images / total_time if total_time > 0 else None
+        run.mark_done(result)
+        log.info("%s done: %s", run.path, _short(final))
+        return result
+
+    return _on_main(ctx, finish)  # every rank returns rank 0's result
+
+
+def _save_epoch(run: RunDir, session: _Session, config: TrainConfig,
+                record: Dict[str, Any]) -> None:
+    """Append one epoch's metrics record, then write its checkpoint."""
+    run.append_metrics(record)
+    run.save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": record["epoch"],
+                         **session.state_dict(), "config": config.to_dict()})
+
+
+def _on_main(ctx: Optional[ddp.DistributedContext], fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 (in a single process: just ``fn()``); its value on every rank.
+
+    The broadcast doubles as a barrier (other ranks wait until rank 0 has finished, e.g.
+    writing a checkpoint), and an exception on rank 0 becomes a :class:`BranchnasError` on
+    the others instead of leaving them blocked in their next collective.
+    """
+    if ctx is None:
+        return fn()
+    if ctx.is_main:
+        try:
+            value = fn()
+        except BaseException as exc:
+            ctx.broadcast_object((False, f"{type(exc).__name__}: {exc}"))
+            raise
+        ctx.broadcast_object((True, value))
+        return value
+    ok, value = ctx.broadcast_object(None)
+    if not ok:
+        raise BranchnasError(f"distributed training stopped: rank 0 failed ({value})")
+    return value
+
+
+def _call_everywhere(ctx: Optional[ddp.DistributedContext], fn: EpochCallback,
+                     record: Dict[str, Any]) -> None:
+    """``fn(record)`` on every rank; when it raises on any rank, every rank stops."""
+    if ctx is None:
+        fn(record)
+        return
+    error: Optional[BaseException] = None
+    try:
+        fn(record)
+    except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the others
+        error = exc
+    failed = ctx.all_reduce_sum({"failed": float(error is not None)})["failed"]
+    if error is not None:
+        raise error
+    if failed:
+        raise BranchnasError(f"distributed training stopped: on_epoch_end raised on "
+                             f"{int(failed)} other rank(s)")
+
+
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The global RNGs' seed of one rank and epoch in distributed training."""
+    return (seed * 1_000_003 + epoch * 1009 + rank + 1) % 2**63
 
 
 class _Session:
     """The moving parts of one training run: model, weighting, optimizer(s), AMP, backward."""
 
     def __init__(self, model: nn.Module, tasks: Sequence[Any], config: TrainConfig,
-                 device: torch.device, collate: Callable[[List[Any]], Batch]) -> None:
+                 device: torch.device, collate: Callable[[List[Any]], Batch],
+                 ctx: Optional[ddp.DistributedContext] = None) -> None:
         self.model, self.tasks, self.config, self.device = model, list(tasks), config, device
+        self.ctx = ctx
         self.names = _task_names(tasks)
         self.collate = collate
         plain_backward = config.async_updates or config.memory_bounded
@@ -466,9 +572,12 @@ class _Session:
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.updater: Optional[AsyncUpdater] = None
         if config.async_updates:
+            sizes = config.effective_batch_sizes(self.names)
+            if ctx is not None:  # per-process sizes, as batch_size; the updater counts globally
+                sizes = {k: v * ctx.world_size for k, v in sizes.items()}
             self.updater = AsyncUpdater(
                 _async_groups(model, self.weighting, self.names, config.lr),
-                config.effective_batch_sizes(self.names), make_optimizer,
+                sizes, make_optimizer,
             )
         else:
             groups = _model_groups(model, config.lr) + [
@@ -510,21 +619,50 @@ class _Session:
         for g in groups:
             g["lr"] = g["base_lr"] * factor
 
+    def _stepped_parameters(self) -> List[nn.Parameter]:
+        """Every parameter the optimizer or the updater steps, in a fixed order."""
+        if self.updater is not None:
+            return [p for g in self.updater.groups for p in self.updater.parameters(g)]
+        assert self.optimizer is not None
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
     def _step(self, batch: Batch, n_present: Dict[str, int]) -> Dict[str, Tensor]:
         """One batch: gradients, then the optimizer step(s); returns per-task losses."""
         bsz = int(batch["image"].shape[0])
         batch = _to_device(batch, self.device, self.names)
+        ctx = self.ctx
+        counts: Dict[str, int] = {SHARED: bsz, **n_present}
+        if ctx is not None:  # the global batch's sample counts
+            counts = {k: round(v) for k, v in ctx.all_reduce_sum(counts).items()}
         # async: gradients summed over labelled samples; otherwise tasks without labels are
         # left out (also for backward code that calls combine() without `present`)
         if self.updater is not None:
             scales = {t: float(n) for t, n in n_present.items()}
-        else:
+        elif ctx is None:
             scales = {t: float(n > 0) for t, n in n_present.items()}
+        else:
+            # each task's mean over the global batch's labelled samples: this process's mean
+            # weighs n_t / N_t, times K to undo the all-reduce's average (1.0 when fully labelled)
+            scales = {t: ctx.world_size * n / counts[t] if counts[t] else 0.0
+                      for t, n in n_present.items()}
+        pending: List[Tuple[nn.Parameter, Tensor]] = []
+        if ctx is not None and self.updater is not None:
+            # groups that did not step keep accumulated (already all-reduced) gradients in
+            # .grad: set them aside so that only this batch's gradients are summed
+            for p in self._stepped_parameters():
+                if p.grad is not None:
+                    pending.append((p, p.grad))
+                    p.grad = None
         losses = _backward(self.model, batch, self.tasks, self.names,
                            ScaledWeighting(self.weighting, scales=scales), n_present,
                            self.device, self.amp_dtype, self.scaler, self.backward_fn)
+        if ctx is not None:
+            ctx.all_reduce_gradients(self._stepped_parameters(), average=self.updater is None)
+            with torch.no_grad():
+                for p, old in pending:
+                    p.grad = old if p.grad is None else old.add_(p.grad)
         if self.updater is not None:
-            self.updater.step({SHARED: bsz, **n_present})
+            self.updater.step(counts)
             return losses
         assert self.optimizer is not None
         if self.scaler is not None:
@@ -576,6 +714,15 @@ class _Session:
         finally:
             bar.close()
         train_time = time.perf_counter() - t0
+        if self.ctx is not None:
+            # the global batches' statistics: the weighting (DWA) must see the same epoch
+            # losses on every rank, or the ranks' loss weights and models drift apart
+            summed = self.ctx.all_reduce_sum({
+                **{f"sum:{t}": sums[t] for t in names}, **{f"n:{t}": counts[t] for t in names},
+                "total": total_sum, "images": images})
+            sums = {t: summed[f"sum:{t}"] for t in names}
+            counts = {t: round(summed[f"n:{t}"]) for t in names}
+            total_sum, images = summed["total"], round(summed["images"])
         mean_losses = {t: (sums[t] / counts[t] if counts[t] else None) for t in names}
         self.weighting.end_epoch({t: v for t, v in mean_losses.items() if v is not None})
         return {
