@@ -360,7 +360,7 @@ def test_a_job_without_heartbeat_is_failed_and_retried_up_to_max_retries(tmp_pat
     spec = toy_specs(tmp_path / "jobs", log_dir, n=1)[0]
     key = enqueue(url, study, [spec])[0]
     queue = JobQueue(url, study)
-    for attempt in (1, 2):  # a worker claims the job and dies (no heartbeat), twice
+    for _attempt in (1, 2):  # a worker claims the job and dies (no heartbeat), twice
         assert queue.claim("dead-worker") is not None
         assert queue.recover(grace_period=0.3, max_retries=1) == 0  # first look
         time.sleep(0.4)

@@ -104,7 +104,7 @@ def postgres_url() -> Iterator[str]:
                 break
             except psycopg2.OperationalError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("postgres did not start:\n" + log_path.read_text()[-3000:])
+                    raise RuntimeError("postgres did not start:\n" + log_path.read_text()[-3000:]) from None
                 time.sleep(0.2)
         conn.autocommit = True
         with conn.cursor() as cur:
