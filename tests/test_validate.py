@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import permutation_test, spearmanr
 
 from branchnas.errors import BranchnasError
 from branchnas.pipeline import validate as V
@@ -70,6 +70,10 @@ def test_spearman_matches_scipy(study):
         expected = spearmanr(g[f"cost_{m}"], g["delta_m"])[0]
         assert row["spearman"].iloc[0] == pytest.approx(expected)
         assert row["n"].iloc[0] == 3
+        exact = permutation_test((g["delta_m"].to_numpy(),),
+                                 lambda y, x=g[f"cost_{m}"].to_numpy(): spearmanr(x, y)[0],
+                                 permutation_type="pairings", n_resamples=np.inf)
+        assert row["p_value"].iloc[0] == pytest.approx(exact.pvalue)
         everything = corr[(corr.measure == m) & (corr.group == "all")]
         assert everything["spearman"].iloc[0] == pytest.approx(
             spearmanr(trees[f"cost_{m}"], trees["delta_m"])[0])

@@ -273,13 +273,29 @@ def _readable(tree: Tree) -> str:
     return " / ".join(" | ".join("+".join(g) for g in part) for part in tree.groupings)
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
-    from scipy.stats import spearmanr
+EXACT_P_MAX_N = 8  # up to this many points the p-value is exact (every permutation)
 
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> Tuple[float, float]:
+    """Spearman's ρ (scipy) and a two-sided p-value: exact over every permutation of ``y``
+    for n ≤ :data:`EXACT_P_MAX_N` (scipy's t approximation says p = 0 for ρ = ±1 at n = 3,
+    where the truth is 1/3), scipy's otherwise."""
+    from itertools import permutations
+
+    from scipy.stats import rankdata, spearmanr
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan"), float("nan")
     res = spearmanr(x, y)
-    return float(res[0]), float(res[1])
+    rho, p = float(res[0]), float(res[1])
+    if len(x) <= EXACT_P_MAX_N:
+        rx, ry = rankdata(x), rankdata(y)
+        rx, ry = rx - rx.mean(), ry - ry.mean()
+        perms = ry[np.array(list(permutations(range(len(y)))))]
+        rhos = perms @ rx / (np.linalg.norm(rx) * np.linalg.norm(ry))
+        p = float(np.mean(np.abs(rhos) >= abs(rho) - 1e-9))
+    return rho, p
 
 
 def correlation_table(table: Any, measures: Sequence[str], column: str = "delta_m") -> Any:
