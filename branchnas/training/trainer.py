@@ -333,6 +333,23 @@ def evaluate(
 # ----------------------------------------------------------------------------- train
 
 
+def _restores_torch_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``config.threads`` applies to one training run: the process's thread count is put back
+    afterwards, so a caller training several models (or a test session) is left as it was."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != previous:
+                torch.set_num_threads(previous)
+
+    return wrapper
+
+
+@_restores_torch_threads
 def train(
     model: nn.Module,
     tasks: Sequence[Any],
