@@ -17,8 +17,9 @@ are means over samples is the gradient of the global batch. Exactly equal up to
 floating-point summation order, when:
 
 * every sample weighs the same in each task's loss (image-level tasks; dense tasks with
-  the same number of valid pixels per image) and every process has labels for every task
-  (with partial labels a process's task mean covers fewer samples);
+  the same number of valid pixels per image); with partial labels a process's task mean
+  covers fewer samples, which ``training.train`` corrects by scaling each process's task
+  loss by K·n_t/N_t (its labelled samples over the global batch's);
 * normalisation does not mix samples: GroupNorm/LayerNorm, BatchNorm in eval mode, or
   BatchNorm converted to ``SyncBatchNorm`` (:func:`sync_batchnorm`; CUDA only — PyTorch's
   SyncBatchNorm does not run on the CPU, so gloo runs keep per-process BatchNorm
