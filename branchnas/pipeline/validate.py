@@ -446,18 +446,21 @@ def analyse(space: Any, table: Any, seeds: Any, affinities: Mapping[str, np.ndar
 
 
 # ---------------------------------------------------------------------------- plots
-def cost_vs_delta_m_data(table: Any, measure: str) -> Dict[str, Any]:
-    """Plain data of the cost-vs-Δm scatter: per parameter count, the trees' costs, Δm
-    (first seed), and mean ± std over seeds where several were trained."""
-    done = table[np.isfinite(table["delta_m"].to_numpy(dtype=float))]
+def cost_vs_delta_m_data(table: Any, measure: str, column: Optional[str] = None) -> Dict[str, Any]:
+    """Plain data of the cost-vs-Δm scatter: per parameter count, the trees' costs and Δm
+    (``column``; default: the mean over seeds when every tree has several, else the first
+    seed's), with the standard deviation over seeds where several were trained."""
+    n = table["n_seeds"].to_numpy()
+    if column is None:
+        column = "delta_m_mean" if len(n) and n.min() > 1 else "delta_m"
+    done = table[np.isfinite(table[column].to_numpy(dtype=float))]
     groups = []
     for params, g in done.groupby("params", sort=True):
+        std = g["delta_m_std"].fillna(0.0) if column == "delta_m_mean" else 0.0 * g["params"]
         groups.append({"params": int(params), "cost": g[f"cost_{measure}"].tolist(),
-                       "delta_m": g["delta_m"].tolist(), "names": g["name"].tolist(),
-                       "mean": g["delta_m_mean"].tolist(),
-                       "std": g["delta_m_std"].fillna(0.0).tolist(),
-                       "n_seeds": g["n_seeds"].tolist()})
-    return {"measure": measure, "groups": groups}
+                       "delta_m": g[column].tolist(), "names": g["name"].tolist(),
+                       "std": std.tolist(), "n_seeds": g["n_seeds"].tolist()})
+    return {"measure": measure, "column": column, "groups": groups}
 
 
 def plot_cost_vs_delta_m(data: Mapping[str, Any], ax: Any = None) -> Any:
@@ -480,13 +483,14 @@ def plot_cost_vs_delta_m(data: Mapping[str, Any], ax: Any = None) -> Any:
         x = np.asarray(g["cost"])[order]
         ax.plot(x, np.asarray(g["delta_m"])[order], "-o", color=colour, ms=5, lw=0.8,
                 label=f"{g['params'] / 1e3:.0f}k")
-        multi = [j for j in range(len(x)) if g["n_seeds"][j] > 1]
-        if multi:
-            ax.errorbar([g["cost"][j] for j in multi], [g["mean"][j] for j in multi],
-                        yerr=[g["std"][j] for j in multi], fmt="none", ecolor=colour,
-                        capsize=3, lw=1)
+        spread = [j for j in range(len(x)) if g["std"][j] > 0]
+        if spread:
+            ax.errorbar([g["cost"][j] for j in spread], [g["delta_m"][j] for j in spread],
+                        yerr=[g["std"][j] for j in spread], fmt="none", ecolor=colour,
+                        capsize=3, lw=0.8, alpha=0.6)
     ax.set_xlabel(f"clustering cost ({data['measure'].upper()})")
-    ax.set_ylabel("Δm (%)")
+    mean = data.get("column") == "delta_m_mean"
+    ax.set_ylabel("Δm (%), mean ± std over seeds" if mean else "Δm (%), first seed")
     ax.set_title(f"{data['measure'].upper()} cost vs Δm (colour: parameters)")
     ax.legend(fontsize=7, ncol=2, title="params", title_fontsize=7)
     ax.grid(alpha=0.3)
