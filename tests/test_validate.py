@@ -61,6 +61,15 @@ def test_regret_is_never_negative_and_picks_are_feasible(study):
     assert (reg.loc[reg.budget == budgets[0], "regret"] == 0).all()
 
 
+def test_summary_lines_name_the_numbers(study):
+    _, r = study
+    text = V.format_validation(r)
+    pooled = r["correlation"].query("measure == 'rsa' and group == 'pooled'")["spearman"].iloc[0]
+    assert f"ρ={pooled:>7.3f}" in text
+    mean = r["regret"].query("strategy == 'cka'")["regret"].mean()
+    assert f"cka          {mean:>7.3f}" in text
+
+
 def test_spearman_matches_scipy(study):
     _, r = study
     trees, corr = r["trees"], r["correlation"]

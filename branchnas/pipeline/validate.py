@@ -61,6 +61,7 @@ __all__ = [
     "study_trees",
     "trees_table",
     "write_validation",
+    "format_validation",
 ]
 
 log = logging.getLogger(__name__)
@@ -687,3 +688,29 @@ def run_validation(cfg: ValidationConfig) -> Dict[str, Any]:
     return {"out": str(out), "results_dir": str(cfg.results_dir), "trees": table, "seeds": seeds,
             "correlation": analysis["correlation"], "regret": analysis["regret"],
             "noise": analysis["noise"], "files": [str(f) for f in files], "setup": setup}
+
+
+def format_validation(summary: Mapping[str, Any]) -> str:
+    """The lines ``branchnas validate`` prints: noise, pooled/all ρ, mean regret, files."""
+    noise = summary["noise"]
+    setup = summary["setup"]
+    lines = [f"validation of {setup['space']} ({', '.join(setup['tasks'])}; "
+             f"{setup['trees']} trees, profile {setup['profile']}): runs in {summary['out']}",
+             f"seed noise of Δm: σ = {_fmt(noise['sigma'])} pp ({noise['trees']} trees with "
+             f"several seeds, {noise['runs']} runs)", "",
+             "Spearman ρ(cost, Δm) (the method predicts ρ < 0):"]
+    corr = summary["correlation"]
+    for _, r in corr[corr["group"].isin(["pooled", "all"])].iterrows():
+        lines.append(f"  {r['on']:<13}{r['measure']:<5}{r['group']:<8}n={int(r['n']):<4}"
+                     f"ρ={_fmt(r['spearman']):>7}  p={r['p_value']:.2g}")
+    if summary["regret"] is not None:
+        lines += ["", "mean regret over budgets (pp of Δm; best within budget − pick):"]
+        reg = summary["regret"]
+        for (on, strategy), g in reg.groupby(["on", "strategy"], sort=False):
+            lines.append(f"  {on:<13}{strategy:<13}{_fmt(float(g['regret'].mean())):>7}"
+                         f"  max {_fmt(float(g['regret'].max()))}"
+                         f"  (noise of a difference {_fmt(float(g['sigma_diff'].iloc[0]))})")
+    else:
+        lines += ["", "regret: not every tree is trained yet (run again to finish)"]
+    lines += ["", f"tables and plots in {summary['results_dir']}"]
+    return "\n".join(lines)
