@@ -57,6 +57,10 @@ def test_regret_is_never_negative_and_picks_are_feasible(study):
     trees = r["trees"]
     for b, g in reg.groupby("budget"):
         assert g["best_delta_m"].iloc[0] == trees.loc[trees.params <= b, "delta_m"].max()
+    # the exact search's pick is the least-cost trained tree within the budget
+    cost = dict(zip(trees["name"], trees["cost_rsa"]))
+    for _, row in reg[reg.strategy == "rsa"].iterrows():
+        assert cost[row["pick"]] == pytest.approx(trees.loc[trees.params <= row["budget"], "cost_rsa"].min())
     # at the smallest budget only the fully shared tree fits: no regret for anyone
     assert (reg.loc[reg.budget == budgets[0], "regret"] == 0).all()
 
