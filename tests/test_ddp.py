@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler
@@ -40,6 +38,8 @@ from branchnas.training.ddp import (
 )
 from branchnas.training.memory import memory_bounded_backward
 from branchnas.tree import Tree
+
+from _distributed import spawn_and_wait
 
 C = 4  # channels
 HW = 8  # image size
@@ -174,17 +174,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("ddp")
-    procs = mp.spawn(_worker, args=(2, str(tmp)), nprocs=2, join=False)
-    deadline = time.monotonic() + 300
-    try:
-        while not procs.join(timeout=2):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the 2 gloo processes did not finish in 300 s")
-    finally:
-        for p in procs.processes:  # only the processes this fixture started
-            if p.is_alive():
-                p.kill()
-                p.join(10)
+    spawn_and_wait(_worker, 2, tmp)
     return tmp
 
 

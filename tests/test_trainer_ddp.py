@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from branchnas.errors import BranchnasError
@@ -33,6 +31,8 @@ from branchnas.tasks import create_task
 from branchnas.training import TrainConfig, train
 from branchnas.training.ddp import init_distributed, teardown
 from branchnas.tree import Tree
+
+from _distributed import spawn_and_wait
 
 C = 4  # channels
 HW = 6  # image size
@@ -175,17 +175,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("trainer_ddp")
-    procs = mp.spawn(_worker, args=(2, str(tmp)), nprocs=2, join=False)
-    deadline = time.monotonic() + 300
-    try:
-        while not procs.join(timeout=2):
-            if time.monotonic() > deadline:
-                raise TimeoutError("the 2 gloo processes did not finish in 300 s")
-    finally:
-        for p in procs.processes:  # only the processes this fixture started
-            if p.is_alive():
-                p.kill()
-                p.join(10)
+    spawn_and_wait(_worker, 2, tmp)
     return tmp
 
 
