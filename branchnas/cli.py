@@ -205,24 +205,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .data import create_dataset, render_preview
-    from .pipeline.run import format_summary, run_pipeline
+    from .pipeline.run import PROFILES, format_summary, profile_space, run_pipeline
+    from .spaces import load_space
 
     cfg = _pipeline_config(args, args.profile)
     out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.space}-{cfg.profile}"
     cfg.out = str(out)
+    space = profile_space(load_space(cfg.space), cfg.profile, cfg.tasks or PROFILES[cfg.profile].get("tasks"))
     preview = render_preview(create_dataset("scenes", split="val", size=4, resolution=64), n=4,
                              path=out / "plots" / "scenes-preview.png")
-    _print(_task_table(cfg.space))
+    _print(_task_table(space))
     _print(f"\nembedded benchmark preview: {preview}\n")
     summary = run_pipeline(cfg)
     _print(format_summary(summary))
     return 0
 
 
-def _task_table(space_name: str) -> str:
-    from .spaces import load_space
-
-    space = load_space(space_name)
+def _task_table(space: Any) -> str:
     lines = [f"search space {space.name}: {space.backbone.name}, {space.depth} cut points, "
              f"input {space.input_size[0]}x{space.input_size[1]}", "",
              f"{'task':<12}{'type':<16}{'head':<6}metrics (↑ higher / ↓ lower is better)"]

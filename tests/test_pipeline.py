@@ -108,3 +108,12 @@ def test_run_through_a_queue_matches_in_process(tmp_path):
     completed = sum(int(r.split(": ")[1].split(" completed")[0]) for r in reports)
     assert completed == 2 + 1 + 1  # two single-task nets, one tree, one baseline
     assert _results(queued) == _results(reference)
+
+
+def test_demo_prints_task_table_preview_and_recommendations(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *ARGS]) == 0
+    printed = capsys.readouterr().out
+    assert "input 32x32" in printed and "semseg      segmentation" in printed
+    assert (out / "plots" / "scenes-preview.png").stat().st_size > 1000
+    assert "recommended architectures" in printed and str(out / "report.html") in printed
