@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     bud.add_argument("--budget", help="parameter budget, e.g. 12M, 1.5G, 3e6 (default: none)")
     bud.add_argument("--budget-flops", help="FLOPs budget instead, e.g. 1.5G")
     p.add_argument("--strategy", default="auto",
-                   help="exhaustive, exact, beam, fa, random, or auto: exact up to 10 tasks, else beam (default: %(default)s)")
+                   help="exhaustive, exact, beam, fa, random, or auto: exhaustive up to 2M trees, exact up to 10 tasks, "
+                   "else beam (default: %(default)s)")
     p.add_argument("--beam-width", type=int, default=10, help="beam: partial trees kept per depth (paper: 10)")
     p.add_argument("--max-branches", type=int, help="beam: most subgroups a group splits into")
     p.add_argument("--shared-prefix", type=int, default=0, help="force the first k blocks to be shared")

@@ -14,12 +14,24 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from ..errors import BranchnasError
 
-__all__ = ["Recommendation", "recommend", "find_affinity", "shipped_affinity_dir", "EXACT_MAX_TASKS"]
+__all__ = ["Recommendation", "recommend", "find_affinity", "shipped_affinity_dir", "auto_strategy",
+           "EXACT_MAX_TASKS", "EXHAUSTIVE_MAX_TREES"]
 
 log = logging.getLogger(__name__)
 
-# The exact solver handles up to this many tasks (Bell numbers grow fast); beam search beyond.
+# "auto" strategy: enumerate every tree while there are few enough (it also counts the feasible
+# ones), the exact solver up to this many tasks (Bell numbers grow fast), beam search beyond.
+EXHAUSTIVE_MAX_TREES = 2_000_000
 EXACT_MAX_TASKS = 10
+
+
+def auto_strategy(num_tasks: int, depth: int, shared_prefix: int = 0) -> str:
+    """The strategy ``auto`` stands for on a problem of this size."""
+    from ..search import count_trees
+
+    if count_trees(num_tasks, depth, shared_prefix) <= EXHAUSTIVE_MAX_TREES:
+        return "exhaustive"
+    return "exact" if num_tasks <= EXACT_MAX_TASKS else "beam"
 
 
 def shipped_affinity_dir() -> Path:
@@ -70,7 +82,7 @@ class Recommendation:
             "trees": [{**s.tree.to_json(), "cost": s.cost, "params": s.params, "flops": s.flops}
                       for s in r.trees],
             "enumerated": r.enumerated,
-            "feasible": r.feasible,
+            "feasible": r.feasible,  # None where the strategy does not count them (exact, beam)
             "strategy": r.strategy,
             "budget": r.budget,
             "budget_kind": r.budget_kind,
@@ -115,7 +127,8 @@ def recommend(space: Optional[Any] = None, affinity: Optional[Union[str, Path]] 
         block_params: what-if instead of a space: one block copy's parameters per depth
             (list or "p1,...,pD"); heads then count 0.
         budget / budget_flops: a parameter or FLOPs budget (strings like "12M" accepted).
-        strategy: a registered strategy, or "auto" (exact up to 10 tasks, beam beyond).
+        strategy: a registered strategy, or "auto" (:func:`auto_strategy`: exhaustive for up to
+            2M trees, then exact up to 10 tasks, beam beyond).
         top_k, beam_width, max_branches, shared_prefix, seed: see :func:`branchnas.search.search`.
         runs: the run directory whose computed affinity is preferred.
 
@@ -173,7 +186,7 @@ def recommend(space: Optional[Any] = None, affinity: Optional[Union[str, Path]] 
                 f"give exactly {depth} values"
             )
     if strategy == "auto":
-        strategy = "exact" if len(tasks) <= EXACT_MAX_TASKS else "beam"
+        strategy = auto_strategy(len(tasks), depth, shared_prefix)
     kind = "flops" if budget_flops is not None else "params"
     if kind == "flops" and block_flops is None:
         raise BranchnasError("--budget-flops needs --space (FLOPs come from the space's blocks)")
