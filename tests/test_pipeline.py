@@ -1,5 +1,6 @@
 """End to end on the tiny profile: every stage, the report, and resume after a kill."""
 
+import csv
 import json
 import os
 import signal
@@ -117,3 +118,12 @@ def test_demo_prints_task_table_preview_and_recommendations(tmp_path, capsys):
     assert "input 32x32" in printed and "semseg      segmentation" in printed
     assert (out / "plots" / "scenes-preview.png").stat().st_size > 1000
     assert "recommended architectures" in printed and str(out / "report.html") in printed
+
+
+def test_every_baseline_lands_in_the_pareto_plot(tmp_path):
+    out = tmp_path / "all"
+    i = ARGS.index("--baselines") + 1
+    args = [*ARGS[:i], "shared", "cross_stitch", "mtan", "nddr", *ARGS[i + 1:]]
+    assert main(["run", "--out", str(out), *args]) == 0
+    names = {row["model"] for row in csv.DictReader(open(out / "plots" / "pareto.csv"))}
+    assert names == {"single", "tree", "shared", "cross_stitch", "mtan", "nddr"}
