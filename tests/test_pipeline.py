@@ -82,8 +82,9 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     assert _results(killed) == _results(reference)
 
 
-def test_bad_budget_is_one_line_error(tmp_path, capsys):
-    assert main(["run", "--out", str(tmp_path / "x"), "--profile", "tiny", "--budgets", "lots"]) == 2
+@pytest.mark.parametrize("budget", ["lots", "10k"])
+def test_bad_budget_is_one_line_error(budget, tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path / "x"), "--profile", "tiny", "--budgets", budget]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
     assert not (tmp_path / "x").exists()

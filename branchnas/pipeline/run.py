@@ -120,6 +120,11 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     baselines = cfg.baselines if cfg.baselines is not None else prof["baselines"]
     budgets = [parse_budget(b) for b in cfg.budgets] if cfg.budgets else default_budgets(space, prof["budgets"])
     k = cfg.k or prof["k"]
+    cheapest = space.tree_params(space.fully_shared_tree())
+    if min(budgets) < cheapest:
+        raise BranchnasError(
+            f"budget {format_budget(min(budgets))} params is below the cheapest tree of {space.name} "
+            f"(fully shared, {format_budget(cheapest)}); give budgets of at least {cheapest}")
     out.mkdir(parents=True, exist_ok=True)  # only once the settings are known to be valid
     _write_json(out / "pipeline.json", {**asdict(cfg), "resolved_budgets": budgets, "k": k,
                                         "space_resolved": space.to_dict()})
