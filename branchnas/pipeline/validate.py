@@ -533,7 +533,7 @@ def plot_regret(data: Mapping[str, Any], ax: Any = None) -> Any:
         ax.bar(x + (i - (len(strategies) - 1) / 2) * width, data["regret"][s], width, label=s)
     if np.isfinite(data["sigma_diff"]):
         ax.axhspan(0, data["sigma_diff"], color="grey", alpha=0.2,
-                   label="seed noise σ√2 of a Δm difference")
+                   label="seed noise of a difference of two such Δm")
     ax.set_xticks(x)
     ax.set_xticklabels([f"{b / 1e3:.0f}k" for b in budgets], rotation=45, fontsize=8)
     ax.set_xlabel("parameter budget")
