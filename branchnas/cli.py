@@ -263,16 +263,15 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .pipeline.validate import ValidationConfig, run_validation
+    from .pipeline.validate import ValidationConfig, format_validation, run_validation
     from .training import overrides_from_args
 
     cfg = ValidationConfig(space=args.space, tasks=args.tasks, shared_prefix=args.shared_prefix,
-                           profile=args.profile, seeds=tuple(args.seeds), k=args.k, out=args.out,
+                           profile=args.profile, seeds=tuple(args.seeds), noise_trees=args.noise_trees,
+                           random_draws=args.random_draws, k=args.k, out=args.out,
                            results_dir=args.results_dir, jobs=args.jobs, device=args.device,
                            training=overrides_from_args(args), train=not args.analyse_only)
-    result = run_validation(cfg)
-    for path in result["files"]:
-        _print(f"wrote {path}")
+    _print(format_validation(run_validation(cfg)))
     return 0
 
 
@@ -437,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="study", help="training profile (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="seed 0 trains every tree, the others a subset for noise (default: 0 1 2)")
+    p.add_argument("--noise-trees", nargs="+", metavar="TREE",
+                   help="trees trained with every seed: `all`, or names such as t003 (default: fully "
+                   "shared, all separate, and each parameter group's least-cost tree)")
+    p.add_argument("--random-draws", type=int, default=20,
+                   help="seeds of the random strategy per budget (default: %(default)s)")
     p.add_argument("--k", type=int, help="held-out images for affinity (default: the profile's)")
     p.add_argument("--results-dir", default="results/validation", help="where tables and plots go (default: %(default)s)")
     p.add_argument("--jobs", type=int, default=1, help="trainings in parallel (default: %(default)s)")
