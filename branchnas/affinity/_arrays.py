@@ -22,7 +22,7 @@ __all__ = [
     "as_matrix",
     "as_tensor",
     "column_chunks",
-    "first_nonfinite_row",
+    "check_finite_rows",
     "resolve_device",
 ]
 
@@ -100,14 +100,19 @@ def column_chunks(
         yield x[:, start : start + cols].to(device=device, dtype=torch.float64)
 
 
-def first_nonfinite_row(block: torch.Tensor) -> int | None:
-    """Index of the first row of ``block`` holding a NaN or an infinity, else ``None``."""
+def check_finite_rows(block: torch.Tensor, what: str) -> None:
+    """Raise, naming the first image (row) of ``block`` holding a NaN or an infinity.
+
+    Raises:
+        BranchnasError: when some row is not finite.
+    """
     bad = ~torch.isfinite(block)
     if block.ndim > 1:
         bad = bad.any(dim=1)
-    if not bool(bad.any()):
-        return None
-    return int(torch.nonzero(bad)[0, 0])
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0, 0])
+        raise BranchnasError(f"{what}: image {row} has non-finite values (NaN or inf); "
+                             "check the network's outputs or drop that image")
 
 
 def add_gram(gram: torch.Tensor, block: torch.Tensor) -> None:

@@ -20,8 +20,8 @@ from ._arrays import (
     DeviceLike,
     add_gram,
     as_matrix,
+    check_finite_rows,
     column_chunks,
-    first_nonfinite_row,
     resolve_device,
     unit_similarity,
 )
@@ -53,10 +53,7 @@ class CKAMeasure(AffinityMeasure):
         k = mat.shape[0]
         gram = torch.zeros((k, k), dtype=torch.float64, device=dev)
         for block in column_chunks(mat, dev, self.chunk_bytes):
-            bad = first_nonfinite_row(block)
-            if bad is not None:
-                raise BranchnasError(f"{what}: image {bad} has non-finite values (NaN or inf); "
-                                     "check the network's outputs or drop that image")
+            check_finite_rows(block, what)
             centred = block - block.mean(dim=0, keepdim=True)
             add_gram(gram, centred)
         norm = torch.linalg.matrix_norm(gram)

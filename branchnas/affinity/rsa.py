@@ -24,8 +24,8 @@ from ._arrays import (
     DeviceLike,
     add_gram,
     as_matrix,
+    check_finite_rows,
     column_chunks,
-    first_nonfinite_row,
     resolve_device,
     unit_similarity,
 )
@@ -72,10 +72,7 @@ def _centred_gram(x: torch.Tensor, device: torch.device, chunk_bytes: int | None
     lo = torch.full((k,), float("inf"), dtype=torch.float64, device=device)
     hi = torch.full((k,), float("-inf"), dtype=torch.float64, device=device)
     for block in blocks():
-        bad = first_nonfinite_row(block)
-        if bad is not None:
-            raise BranchnasError(f"{what}: image {bad} has non-finite values (NaN or inf); "
-                                 "check the network's outputs or drop that image")
+        check_finite_rows(block, what)
         total += block.sum(dim=1)
         lo = torch.minimum(lo, block.amin(dim=1))
         hi = torch.maximum(hi, block.amax(dim=1))
