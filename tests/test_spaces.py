@@ -31,7 +31,7 @@ REQUIRED = {
 
 def test_the_required_spaces_ship_in_the_repository():
     assert REQUIRED <= set(list_spaces())
-    repo_dir = Path(__file__).resolve().parent.parent / "search_spaces"
+    repo_dir = Path(__file__).resolve().parent.parent / "branchnas" / "resources" / "search_spaces"
     assert repo_dir in space_dirs()
 
 

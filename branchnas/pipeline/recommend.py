@@ -35,8 +35,8 @@ def auto_strategy(num_tasks: int, depth: int, shared_prefix: int = 0) -> str:
 
 
 def shipped_affinity_dir() -> Path:
-    """The repository's ``affinity/`` folder (affinity tensors that ship with branchnas)."""
-    return Path(__file__).resolve().parent.parent.parent / "affinity"
+    """The folder of affinity tensors that ship with branchnas (package data)."""
+    return shipped_resource_dir("affinity")
 
 
 def find_affinity(space_name: str, runs: Optional[Union[str, Path]] = None,

@@ -49,6 +49,7 @@ from torch import nn
 
 from ..accounting import tree_flops, tree_params
 from ..errors import BranchnasError
+from .._resources import shipped_resource_dir
 from ..tasks import Task, create_task
 from ..tree import Tree
 from ._common import option_names
@@ -78,12 +79,10 @@ _TASK_KEYS = ("name", "type", "params", "head", "head_params")
 def space_dirs() -> List[Path]:
     """Directories searched for ``<name>.toml`` by :func:`load_space`, in order.
 
-    The repository's ``search_spaces/`` (next to the ``branchnas`` package) and an
-    installed copy inside the package (``branchnas/search_spaces/``), whichever exist.
+    The shipped spaces are package data (``branchnas/resources/search_spaces/``), found with
+    :mod:`importlib.resources` so an installed wheel finds them as an editable install does.
     """
-    pkg = Path(__file__).resolve().parent.parent
-    dirs = [pkg.parent / "search_spaces", pkg / "search_spaces"]
-    return [d for d in dirs if d.is_dir()]
+    return [shipped_resource_dir("search_spaces")]
 
 
 def list_spaces() -> List[str]:
