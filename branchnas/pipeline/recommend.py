@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from .._resources import shipped_resource_dir
 from ..errors import BranchnasError
 
 __all__ = ["Recommendation", "recommend", "find_affinity", "shipped_affinity_dir", "auto_strategy",
