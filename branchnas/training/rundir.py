@@ -10,9 +10,17 @@ A run directory holds::
     metrics.jsonl       one JSON object per epoch, appended
     checkpoints/last.pt the latest checkpoint (written atomically: temp file + os.replace)
     done                written last, atomically; JSON of the run's final result
+    .lock               the lock a training process holds (``flock``) while it works on the run
 
 A run whose ``done`` exists is finished and is skipped; one without it is resumed from
 ``checkpoints/last.pt``.
+
+Safety. A checkpoint holds tensors and plain data only (numpy arrays, e.g. numpy's RNG
+state, are stored as tensors and turned back on load) and is read with
+``torch.load(weights_only=True)``, so a crafted file cannot run code; a damaged or foreign
+checkpoint is a one-line :class:`BranchnasError` naming the file and the fix. :meth:`RunDir.start`
+takes an exclusive lock on the directory, so a second process refuses to train into it at
+once, and removes the temp files a killed process left behind (``.<name>.*.tmp``).
 
 Example:
     >>> import tempfile
@@ -23,9 +31,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import weakref
 import platform
 import shlex
 import socket
@@ -33,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import BranchnasError
 
@@ -98,6 +108,81 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# ---------------------------------------------------------------------- plain-data checkpoints
+
+_NDARRAY = "__ndarray__"
+
+
+def _to_plain(obj: Any) -> Any:
+    """``obj`` with numpy arrays as tagged tensors and numpy scalars as Python numbers, so
+    ``torch.load(weights_only=True)`` reads it back (it refuses numpy's pickled objects)."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, np.ndarray):
+        return {_NDARRAY: torch.from_numpy(np.ascontiguousarray(obj).copy())}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_to_plain(v) for v in obj)
+    if isinstance(obj, list):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _from_plain(obj: Any) -> Any:
+    """Undo :func:`_to_plain`."""
+    if isinstance(obj, dict):
+        if len(obj) == 1 and _NDARRAY in obj:
+            return obj[_NDARRAY].numpy()
+        return {k: _from_plain(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_from_plain(v) for v in obj)
+    if isinstance(obj, list):
+        return [_from_plain(v) for v in obj]
+    return obj
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception, short enough for a one-line error."""
+    first = (str(exc).strip().splitlines() or [""])[0].strip()
+    if len(first) > 120:
+        first = first[:117] + "..."
+    return type(exc).__name__ + (f": {first}" if first else "")
+
+
+# ---------------------------------------------------------------------- run-directory locks
+
+# Locks this process holds: resolved directory -> (lock file descriptor, owners). flock locks
+# belong to an open file, so a second open in the same process would conflict with the first;
+# a process reopening a directory it already works on (a retry after an exception, a test)
+# shares the one lock instead. The OS drops the lock when the process dies, even by SIGKILL.
+_HELD: Dict[str, Tuple[int, "weakref.WeakSet[RunDir]"]] = {}
+
+
+def _release(key: str, owner: Optional["RunDir"] = None) -> None:
+    entry = _HELD.get(key)
+    if entry is None:
+        return
+    fd, owners = entry
+    if owner is not None:
+        owners.discard(owner)
+    if len(owners):
+        return
+    del _HELD[key]
+    try:
+        os.close(fd)  # closing the file releases the flock
+    except OSError:
+        pass
+
+
+def _release_if_unowned(key: str) -> None:
+    """Called when a RunDir is garbage-collected (its weak reference is gone already)."""
+    _release(key)
+
+
 def git_revision(directory: Optional[PathLike] = None) -> str:
     """The git commit of ``directory`` (default: this package's source), ``-dirty`` appended
     when tracked files differ from it; ``"unknown"`` outside git or without git."""
@@ -159,6 +244,7 @@ class RunDir:
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
+        self._lock_key: Optional[str] = None
 
     # ------------------------------------------------------------------ paths
     @property
@@ -192,6 +278,10 @@ class RunDir:
     @property
     def done_path(self) -> Path:
         return self.path / "done"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -233,6 +323,16 @@ class RunDir:
                 (other than in ``ignore_keys``).
         """
         config = json.loads(json.dumps(dict(config)))  # normalise (tuples -> lists, ...)
+        self.lock()
+        try:
+            return self._start(config, seed, command, device, ignore_keys)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _start(self, config: Dict[str, Any], seed: Optional[int], command: Optional[Sequence[str]],
+               device: Optional[str], ignore_keys: Iterable[str]) -> bool:
+        self.sweep_temp_files()
         existed = self.is_started()
         if existed:
             stored = self.read_config()
@@ -266,8 +366,100 @@ class RunDir:
         return existed
 
     def read_config(self) -> Dict[str, Any]:
-        """The stored ``config.json``."""
-        return json.loads(self.config_path.read_text(encoding="utf-8"))
+        """The stored ``config.json``.
+
+        Raises:
+            BranchnasError: when it is not a JSON object (a damaged run directory).
+        """
+        try:
+            config = json.loads(self.config_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise BranchnasError(
+                f"{self.config_path} is damaged ({_reason(exc)}); delete the run directory "
+                f"{self.path} to retrain it"
+            ) from None
+        if not isinstance(config, dict):
+            raise BranchnasError(
+                f"{self.config_path} is not a JSON object; delete the run directory "
+                f"{self.path} to retrain it"
+            )
+        return config
+
+    # ------------------------------------------------------------------ lock and temp files
+    def lock(self) -> None:
+        """Take the run directory's exclusive lock (created if needed), or fail at once.
+
+        The lock lasts until :meth:`mark_done`, :meth:`unlock`, the object's collection or
+        the process's end (the OS drops it even on SIGKILL). Reentrant within a process.
+
+        Raises:
+            BranchnasError: when another process holds it.
+        """
+        import fcntl
+
+        if self._lock_key is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key][1].add(self)
+            self._lock_key = key
+            weakref.finalize(self, _release_if_unowned, key)
+            return
+        fd = os.open(str(self.lock_path), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = ""
+            try:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            except OSError:
+                pass
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BranchnasError(
+                    f"run directory {self.path} is in use by another process"
+                    f"{f' (pid {holder})' if holder.isdigit() else ''}; wait for it to finish, "
+                    "or train into another --out"
+                ) from None
+            raise
+        try:  # the holder's pid, for the message above (advisory: the flock is the lock)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
+        owners: "weakref.WeakSet[RunDir]" = weakref.WeakSet([self])
+        _HELD[key] = (fd, owners)
+        self._lock_key = key
+        weakref.finalize(self, _release_if_unowned, key)
+
+    def unlock(self) -> None:
+        """Release the lock taken by :meth:`lock` (a no-op when not held)."""
+        if self._lock_key is not None:
+            key, self._lock_key = self._lock_key, None
+            _release(key, self)
+
+    def sweep_temp_files(self) -> List[Path]:
+        """Delete the temp files of atomic writes a killed process left (``.<name>.*.tmp``).
+
+        Only call it while holding the lock: a live writer's temp file would go too.
+
+        Returns:
+            The deleted paths.
+        """
+        removed = []
+        for folder in (self.path, self.checkpoint_path.parent):
+            if not folder.is_dir():
+                continue
+            for p in folder.glob(".*.tmp"):
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except OSError:
+                    pass
+        if removed:
+            log.info("%s: removed %d stale temp file(s) of a killed run", self.path, len(removed))
+        return removed
 
     # ------------------------------------------------------------------ metrics
     def append_metrics(self, record: Mapping[str, Any]) -> None:
@@ -312,34 +504,75 @@ class RunDir:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Write ``checkpoints/last.pt`` atomically (``torch.save`` of ``state``)."""
+        """Write ``checkpoints/last.pt`` atomically (``torch.save`` of ``state``).
+
+        ``state`` may hold tensors, Python scalars, strings, None, lists, tuples, dicts and
+        numpy arrays/scalars (stored as tensors / numbers: plain data only).
+        """
         import torch
 
-        atomic_write_with(self.checkpoint_path, lambda f: torch.save(dict(state), f))
+        plain = _to_plain(dict(state))
+        atomic_write_with(self.checkpoint_path, lambda f: torch.save(plain, f))
+
+    def damaged_checkpoint(self, exc: BaseException) -> BranchnasError:
+        """The one-line error for a checkpoint that cannot be read or does not fit the model."""
+        return BranchnasError(
+            f"checkpoint {self.checkpoint_path} is damaged or not this run's ({_reason(exc)}); "
+            f"delete it to retrain the run from scratch (or restore it from a backup)"
+        )
 
     def load_checkpoint(self, map_location: Any = "cpu") -> Optional[Dict[str, Any]]:
-        """The last checkpoint, or None when there is none."""
+        """The last checkpoint, or None when there is none.
+
+        Read with ``weights_only=True``: tensors and plain data only, nothing executes.
+
+        Raises:
+            BranchnasError: for a truncated, empty, foreign or malicious file.
+        """
         if not self.checkpoint_path.is_file():
             return None
         import torch
 
-        return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        try:
+            ckpt = torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
+        except MemoryError:
+            raise
+        except Exception as exc:  # torch raises many types for damaged files; all mean the same
+            raise self.damaged_checkpoint(exc) from None
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+            raise self.damaged_checkpoint(ValueError("no model state in it"))
+        return _from_plain(ckpt)
 
     def model_state(self, map_location: Any = "cpu") -> Dict[str, Any]:
         """The model ``state_dict`` of the last checkpoint (the final weights once done).
 
         Raises:
-            BranchnasError: when the run has no checkpoint yet.
+            BranchnasError: when the run has no checkpoint yet, or it is damaged.
         """
         ckpt = self.load_checkpoint(map_location)
         if ckpt is None:
             raise BranchnasError(f"run directory {self.path} has no checkpoint; train it first")
         return ckpt["model"]
 
+    def load_model(self, model: Any, map_location: Any = "cpu") -> None:
+        """Load the last checkpoint's weights into ``model`` (``load_state_dict``, strict).
+
+        Raises:
+            BranchnasError: when there is no checkpoint, or it does not fit ``model``.
+        """
+        state = self.model_state(map_location)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise self.damaged_checkpoint(exc) from None
+
     # ------------------------------------------------------------------ done marker
     def mark_done(self, result: Mapping[str, Any]) -> None:
-        """Write the ``done`` marker (JSON of ``result``) atomically; call it last."""
+        """Write the ``done`` marker (JSON of ``result``) atomically; call it last.
+
+        Releases the run's lock (the run is finished)."""
         atomic_write_text(self.done_path, json.dumps(dict(result), indent=2) + "\n")
+        self.unlock()
 
     def read_result(self) -> Dict[str, Any]:
         """The result stored by :meth:`mark_done`.
@@ -349,4 +582,12 @@ class RunDir:
         """
         if not self.is_done():
             raise BranchnasError(f"run directory {self.path} is not finished; train it first")
-        return json.loads(self.done_path.read_text(encoding="utf-8"))
+        try:
+            result = json.loads(self.done_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise BranchnasError(
+                f"{self.done_path} is damaged ({_reason(exc)}); delete it to retrain the run"
+            ) from None
+        if not isinstance(result, dict):
+            raise BranchnasError(f"{self.done_path} is not a JSON object; delete it to retrain the run")
+        return result

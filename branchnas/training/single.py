@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -83,7 +83,7 @@ def load_single_task_model(
             f"no finished single-task run for {task!r} in {run.path}; run train-single first"
         )
     model = single_task_model(space, task)
-    model.load_state_dict(run.model_state())
+    run.load_model(model)
     return model.to(resolve_device(device)).eval()
 
 
@@ -111,6 +111,7 @@ def train_single(
     overrides: Optional[Mapping[str, Any]] = None,
     command: Optional[Sequence[str]] = None,
     datasets: Optional[Tuple[Any, Any]] = None,
+    finalize: Optional[Callable[[str, Dict[str, Any]], Mapping[str, Any]]] = None,
 ) -> Dict[str, Dict[str, Any]]:
     """Train one single-task network per task (skipping finished runs, resuming others).
 
@@ -125,6 +126,8 @@ def train_single(
         command: command line recorded in each run's ``command.txt`` (default: ``sys.argv``).
         datasets: ``(train_set, val_set)`` labelling the tasks, instead of the space's
             dataset (``create_dataset(space.dataset_name, split, tasks=[task], ...)``).
+        finalize: ``finalize(task, result)`` is what each run's ``done`` stores and what is
+            returned for it (see :func:`~branchnas.training.trainer.train`).
 
     Returns:
         ``{task: result}`` with each run's result (final validation metrics of the task,
@@ -162,6 +165,7 @@ def train_single(
         results[task] = train(
             model, [space.task(task)], train_set, val_set, config, run, device,
             meta=meta, command=command,
+            finalize=None if finalize is None else (lambda raw, t=task: finalize(t, raw)),
         )
         log.info("single-task %s: %s", task, {k: v for k, v in results[task][task].items()})
     return {t: results[t] for t in names}

@@ -49,6 +49,7 @@ from . import ddp
 from .async_updates import SHARED, AsyncUpdater
 from .config import RUNTIME_FIELDS, TrainConfig
 from .rundir import RunDir
+from .tensorboard import TensorBoardLog
 from .weighting import ScaledWeighting, Weighting, create_weighting
 
 __all__ = [
@@ -363,6 +364,7 @@ def train(
     meta: Optional[Mapping[str, Any]] = None,
     command: Optional[Sequence[str]] = None,
     on_epoch_end: Optional[EpochCallback] = None,
+    finalize: Optional[Callable[[Dict[str, Any]], Mapping[str, Any]]] = None,
 ) -> Dict[str, Any]:
     """Train ``model`` on ``tasks``, resuming ``run_dir`` if it holds a checkpoint.
 
@@ -384,6 +386,8 @@ def train(
         command: the command line for ``command.txt`` (default: ``sys.argv``).
         on_epoch_end: called with each epoch's metrics record after its checkpoint is
             written (raising from it stops training; the run resumes from that epoch).
+        finalize: turns the result below into what ``done`` stores and this returns (the
+            pipeline stores its ModelResult there, so a run has one completion marker).
 
     Returns:
         ``{task: {metric: value}}`` (final validation metrics) plus ``"epochs"`` and
@@ -428,7 +432,10 @@ def train(
 
     ckpt = _on_main(ctx, start)  # distributed: rank 0's checkpoint reaches every rank
     if ckpt is not None:
-        session.load_state_dict(ckpt)
+        try:
+            session.load_state_dict(ckpt)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            raise run.damaged_checkpoint(exc) from None  # a checkpoint of another model
         start_epoch = int(ckpt["epoch"])
         log.info("%s: resuming after epoch %d of %d", run.path, start_epoch, config.epochs)
     else:
@@ -440,6 +447,8 @@ def train(
         ctx.broadcast_module(session.weighting)
     if main:
         run.truncate_metrics(start_epoch)  # epochs logged after the checkpoint are trained again
+    # TensorBoard (when installed): the epochs kept so far, then each new one; rank 0 only
+    board = TensorBoardLog(run.path, history=run.read_metrics()) if main else None
 
     if ctx is None:
         drop_last = len(train_set) >= config.batch_size  # no ragged last batch (BatchNorm)
@@ -480,6 +489,8 @@ def train(
         record.update(val=val, eval_time_s=round(time.perf_counter() - t1, 4))
         # distributed: rank 0 writes, and the others wait for it (the barrier after a checkpoint)
         _on_main(ctx, functools.partial(_save_epoch, run, session, config, record))
+        if board is not None:
+            board.log_epoch(record)
         if main:
             log.info(
                 "%s epoch %d/%d: loss %.4f, %.1f img/s%s", run.path.name, epoch + 1,
@@ -499,10 +510,14 @@ def train(
         result: Dict[str, Any] = {t: final[t] for t in names}
         result["epochs"] = config.epochs
         result["images_per_s"] = total_images / total_time if total_time > 0 else None
+        if finalize is not None:
+            result = dict(finalize(result))
         run.mark_done(result)
         log.info("%s done: %s", run.path, _short(final))
         return result
 
+    if board is not None:
+        board.close()
     return _on_main(ctx, finish)  # every rank returns rank 0's result
 
 
