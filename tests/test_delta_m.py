@@ -140,3 +140,76 @@ def test_exported_from_package():
 def test_invalid_input(model, baseline, directions, message):
     with pytest.raises(BranchnasError, match=message):
         delta_m(model, baseline, directions)
+
+
+# ---- Δm on each task's primary measure, with the task types' own metrics
+def cityscapes_tasks(**primary):
+    from branchnas.tasks import create_task
+
+    return [create_task("S", "segmentation", num_classes=19, primary=primary.get("S")),
+            create_task("I", "instance", primary=primary.get("I")),
+            create_task("D", "depth", primary=primary.get("D"))]
+
+
+def cityscapes_metrics(s, i, d, pixel_acc, rel_err):
+    """What our meters report for Table 1's tasks: the primary measure and the others."""
+    return {"S": {"miou": s, "pixel_acc": pixel_acc}, "I": {"offset_err": i},
+            "D": {"abs_err": d, "rel_err": rel_err}}
+
+
+T1_SINGLE_OTHER = (90.0, 0.20)  # pixel accuracy and relative depth error (not in the table)
+
+
+@pytest.mark.parametrize("method", list(T1_ROWS))
+def test_primary_delta_m_reproduces_table1(method):
+    from branchnas.tasks import task_delta_m, task_delta_m_per_task
+
+    s, i, d, printed, expected = T1_ROWS[method]
+    # the other metrics move a lot; the primary Δm must not see them
+    model = cityscapes_metrics(s, i, d, pixel_acc=50.0, rel_err=0.40)
+    single = cityscapes_metrics(*T1_SINGLE, *T1_SINGLE_OTHER)
+    got = task_delta_m(model, single, cityscapes_tasks())
+    hand = 100 * ((s - 65.17) / 65.17 - (i - 11.70) / 11.70 - (d - 2.57) / 2.57) / 3
+    assert got == pytest.approx(hand, abs=1e-9)
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert abs(got - printed) < 0.07
+    per = task_delta_m_per_task(model, single, cityscapes_tasks())
+    assert per == pytest.approx({"S": 100 * (s - 65.17) / 65.17, "I": -100 * (i - 11.70) / 11.70,
+                                 "D": -100 * (d - 2.57) / 2.57})
+
+
+def test_primary_delta_m_mtl_baseline_is_minus_3_32_and_all_metrics_differs():
+    from branchnas.tasks import task_delta_m
+
+    s, i, d, _, _ = T1_ROWS["MTL baseline"]
+    model = cityscapes_metrics(s, i, d, pixel_acc=50.0, rel_err=0.40)
+    single = cityscapes_metrics(*T1_SINGLE, *T1_SINGLE_OTHER)
+    assert round(task_delta_m(model, single, cityscapes_tasks()), 2) == -3.32
+    # all metrics: S averages mIoU with pixel accuracy, D abs with rel error (by hand)
+    s_term = ((s - 65.17) / 65.17 + (50.0 - 90.0) / 90.0) / 2
+    i_term = -(i - 11.70) / 11.70
+    d_term = (-(d - 2.57) / 2.57 - (0.40 - 0.20) / 0.20) / 2
+    assert task_delta_m(model, single, cityscapes_tasks(), on="all") == pytest.approx(
+        100 * (s_term + i_term + d_term) / 3, abs=1e-9)
+
+
+def test_primary_override_changes_the_measure():
+    from branchnas.tasks import task_delta_m
+
+    model = cityscapes_metrics(61.51, 11.80, 2.66, pixel_acc=81.0, rel_err=0.25)
+    single = cityscapes_metrics(*T1_SINGLE, *T1_SINGLE_OTHER)
+    got = task_delta_m(model, single, cityscapes_tasks(S="pixel_acc", D="rel_err"))
+    hand = 100 * ((81.0 - 90.0) / 90.0 - (11.80 - 11.70) / 11.70 - (0.25 - 0.20) / 0.20) / 3
+    assert got == pytest.approx(hand, abs=1e-9)
+
+
+def test_task_delta_m_errors():
+    from branchnas.tasks import task_delta_m
+
+    single = cityscapes_metrics(*T1_SINGLE, *T1_SINGLE_OTHER)
+    with pytest.raises(BranchnasError, match="unknown Δm measure 'mean'"):
+        task_delta_m(single, single, cityscapes_tasks(), on="mean")
+    with pytest.raises(BranchnasError, match="primary measure 'miou'"):
+        task_delta_m({"S": {"pixel_acc": 1.0}}, single, cityscapes_tasks())
+    with pytest.raises(BranchnasError, match="task 'X' has metrics but no task definition"):
+        task_delta_m({"X": {"miou": 1.0}}, single, cityscapes_tasks())

@@ -89,6 +89,59 @@ def test_create_task_errors():
         create_task("e", "edges", pos_weight=1.5)
 
 
+@pytest.mark.parametrize("type_name", list_task_types())
+def test_every_type_declares_a_primary_measure(type_name):
+    cls = get_task_type(type_name)
+    assert cls.primary_metric in cls.metric_directions
+    from branchnas.tasks.base import _TASK_TYPES
+
+    assert _TASK_TYPES.meta(type_name)["primary"] == cls.primary_metric
+
+
+def test_primary_measures_are_the_papers():
+    expected = {"segmentation": "miou", "depth": "abs_err", "normals": "mean",
+                "classification": "top1", "instance": "offset_err", "keypoints": "abs_err",
+                "edges": "odsf", "binary": "accuracy"}
+    for type_name, metric in expected.items():
+        assert get_task_type(type_name).primary_metric == metric
+
+
+def test_primary_override_and_its_errors():
+    params = {"classification": {"num_classes": 8}, "segmentation": {"num_classes": 3}}
+    assert create_task("c", "classification", primary="top5", **params["classification"]).primary == "top5"
+    assert create_task("c", "classification", **params["classification"]).primary == "top1"
+    with pytest.raises(BranchnasError, match="primary measure 'top3' is not one of its metrics.*top1, top5"):
+        create_task("c", "classification", primary="top3", **params["classification"])
+
+    class NoPrimary(Task):
+        metric_directions = {"x": True}
+
+    with pytest.raises(BranchnasError, match="must declare primary_metric"):
+        register_task_type("no_primary_xyz")(NoPrimary)
+    assert "no_primary_xyz" not in list_task_types()
+
+
+def test_space_file_overrides_the_primary_measure():
+    from branchnas.spaces import SearchSpace, load_space
+
+    d = load_space("scenes").to_dict()
+    assert all("primary" not in t for t in d["tasks"])  # the types' own are not written out
+    for t in d["tasks"]:
+        if t["name"] == "scene":
+            t["primary"] = "top5"
+    space = SearchSpace.from_dict(d, name="scenes")
+    assert space.task("scene").primary == "top5" and space.task("semseg").primary == "miou"
+    again = SearchSpace.from_dict(space.to_dict(), name="scenes")
+    assert again.task("scene").primary == "top5"
+    assert space.subset(["scene"]).task("scene").primary == "top5"
+    for t in d["tasks"]:
+        if t["name"] == "scene":
+            t["primary"] = "accuracy"
+    with pytest.raises(BranchnasError, match="tasks\\[4\\].*primary measure 'accuracy'"):
+        SearchSpace.from_dict(d, name="scenes")
+    assert load_space("taskonomy-resnet50").task("scene").primary == "top5"  # its Table 2
+
+
 def test_register_duplicate_and_non_task():
     with pytest.raises(BranchnasError, match="already registered"):
         register_task_type("depth")(get_task_type("keypoints"))

@@ -28,6 +28,7 @@ fails with a one-line error naming the file and the key)::
     params = { num_classes = 19 }
     head = "psp"                 # optional: overrides [heads]
     head_params = { channels = 512 }   # optional options of the head
+    primary = "miou"             # optional: the metric Δm uses (default: the type's)
 
     [training]                   # optional flat table of training defaults (read by the
     optimizer = "sgd"            # trainer; values are strings, numbers, booleans or lists)
@@ -73,7 +74,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _TOP_KEYS = ("description", "backbone", "input", "dataset", "heads", "tasks", "training")
-_TASK_KEYS = ("name", "type", "params", "head", "head_params")
+_TASK_KEYS = ("name", "type", "params", "head", "head_params", "primary")
 
 
 def space_dirs() -> List[Path]:
@@ -372,8 +373,9 @@ class SearchSpace:
             seen.add(tname)
             ttype = chk.string(tr, "type", key)
             params = chk.table(tr.get("params"), f"{key}.params", required=False)
+            primary = chk.string(tr, "primary", key, required=False)
             try:
-                task = create_task(tname, ttype, **params)
+                task = create_task(tname, ttype, primary=primary, **params)
             except BranchnasError as e:
                 raise chk.fail(key, str(e)) from None
             tasks.append(task)
@@ -464,6 +466,8 @@ class SearchSpace:
             if given:
                 entry["params"] = given
             entry["head"] = self.heads[t.name]
+            if t.primary != type(t).primary_metric:
+                entry["primary"] = t.primary
             if self.head_kwargs[t.name]:
                 entry["head_params"] = dict(self.head_kwargs[t.name])
             tasks.append(entry)

@@ -7,12 +7,13 @@ a type and the type's parameters::
     >>> list_task_types()[:4]
     ['binary', 'classification', 'depth', 'edges']
     >>> seg = create_task("seg", "segmentation", num_classes=19)
-    >>> seg.out_channels, seg.metrics, seg.default_head
-    (19, {'miou': True, 'pixel_acc': True}, 'fcn')
+    >>> seg.out_channels, seg.metrics, seg.default_head, seg.primary
+    (19, {'miou': True, 'pixel_acc': True}, 'fcn', 'miou')
 
 A task gives ``loss(pred, target, present, reduction)``, ``meter()`` (an exact accumulator
 over a dataset) and ``empty_target(image)``; :func:`delta_m` compares a model's metrics
-with a baseline's. Formats and invalid markers: ``docs/internals.md``, section "Tasks".
+with a baseline's; :func:`task_delta_m` does so on each task's primary measure (the paper's
+tables) or over all its metrics. Formats and invalid markers: ``docs/internals.md``, section "Tasks".
 """
 
 from .base import (
@@ -34,7 +35,15 @@ from .dense import (
     SegmentationTask,
 )
 from .image import BinaryTask, ClassificationTask
-from .performance import delta_m, delta_m_per_task, metric_directions
+from .performance import (
+    DELTA_M_ON,
+    delta_m,
+    delta_m_per_task,
+    metric_directions,
+    select_metrics,
+    task_delta_m,
+    task_delta_m_per_task,
+)
 
 __all__ = [
     "Task",
@@ -56,4 +65,8 @@ __all__ = [
     "delta_m",
     "delta_m_per_task",
     "metric_directions",
+    "select_metrics",
+    "task_delta_m",
+    "task_delta_m_per_task",
+    "DELTA_M_ON",
 ]

@@ -73,6 +73,8 @@ class Task:
         type: the registered task-type name.
         params: the task-type parameters, defaults filled in.
         metrics: metric name -> True if higher is better.
+        primary: the metric Δm is measured on (the type's :attr:`primary_metric` unless the
+            task was made with ``primary=``, e.g. a space's ``primary = "top5"``).
         dense: True for per-pixel outputs, False for image-level outputs.
         default_head: head kind a search space uses unless it names another.
         invalid: the marker for an element without a label (255, NaN or -1).
@@ -84,10 +86,13 @@ class Task:
     default_head: ClassVar[str] = "fcn"
     invalid: Union[int, float] = math.nan
     metric_directions: ClassVar[Dict[str, bool]] = {}
+    # The one measure per task the papers' Δm tables use (mIoU, depth error, mean angle,
+    # top-1, ...); every registered type declares it (checked by register_task_type).
+    primary_metric: ClassVar[str] = ""
     param_defaults: ClassVar[Dict[str, Any]] = {}
     target_dtype: ClassVar[Optional[torch.dtype]] = None
 
-    def __init__(self, name: str, **params: Any) -> None:
+    def __init__(self, name: str, primary: Optional[str] = None, **params: Any) -> None:
         if not isinstance(name, str) or not name:
             raise BranchnasError(f"task name must be a non-empty string, got {name!r}")
         unknown = sorted(set(params) - set(self.param_defaults))
@@ -107,6 +112,14 @@ class Task:
         self.name = name
         self.params: Dict[str, Any] = resolved
         self.metrics: Dict[str, bool] = dict(self.metric_directions)
+        chosen = primary if primary is not None else (
+            self.primary_metric or next(iter(self.metrics), ""))
+        if chosen not in self.metrics:
+            raise BranchnasError(
+                f"task {name!r} of type {self.type!r}: primary measure {chosen!r} is not one of "
+                f"its metrics; choose from: {', '.join(self.metrics) or 'none'}"
+            )
+        self.primary: str = chosen
         self._validate_params()
 
     # ----------------------------------------------------------------- to override
@@ -340,7 +353,14 @@ def register_task_type(name: str) -> Any:
             raise BranchnasError(
                 f"task type {name!r} must be a subclass of branchnas.tasks.Task, got {cls!r}"
             )
-        _TASK_TYPES.register(name, cls)
+        if cls.primary_metric not in cls.metric_directions:
+            raise BranchnasError(
+                f"task type {name!r} must declare primary_metric, the measure Δm uses, as one "
+                f"of its metrics ({', '.join(cls.metric_directions) or 'none'}); got "
+                f"{cls.primary_metric!r}"
+            )
+        _TASK_TYPES.register(name, cls, primary=cls.primary_metric,
+                             metrics=dict(cls.metric_directions))
         cls.type = name
         return cls
 
@@ -361,12 +381,14 @@ def get_task_type(name: str) -> Type[Task]:
     return _TASK_TYPES.get(name)
 
 
-def create_task(name: str, type: str, **params: Any) -> Task:  # noqa: A002 - documented name
+def create_task(name: str, type: str, primary: Optional[str] = None,  # noqa: A002
+                **params: Any) -> Task:
     """Make a task called ``name`` of the registered task type ``type``.
 
     Args:
         name: the task's name, e.g. ``"seg"``.
         type: a registered task type, e.g. ``"segmentation"`` (see :func:`list_task_types`).
+        primary: the metric Δm is measured on; None: the type's declared ``primary_metric``.
         **params: the type's parameters, e.g. ``num_classes=19``.
 
     Returns:
@@ -377,7 +399,9 @@ def create_task(name: str, type: str, **params: Any) -> Task:  # noqa: A002 - do
 
     Example:
         >>> task = create_task("seg", "segmentation", num_classes=3)
-        >>> task.out_channels, task.metrics["miou"]
-        (3, True)
+        >>> task.out_channels, task.metrics["miou"], task.primary
+        (3, True, 'miou')
+        >>> create_task("scene", "classification", primary="top5", num_classes=8).primary
+        'top5'
     """
-    return get_task_type(type)(name, **params)
+    return get_task_type(type)(name, primary=primary, **params)

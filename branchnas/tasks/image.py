@@ -34,6 +34,7 @@ class ClassificationTask(Task):
     """
 
     metric_directions = {"top1": True, "top5": True}
+    primary_metric = "top1"  # Taskonomy's table uses top-5: its space overrides it
     param_defaults = {"num_classes": REQUIRED}
     dense = False
     default_head = "mlp"
@@ -131,6 +132,7 @@ class BinaryTask(Task):
     """
 
     metric_directions = {"accuracy": True}
+    primary_metric = "accuracy"
     dense = False
     default_head = "mlp"
     invalid = math.nan

@@ -4,20 +4,29 @@
 
 where, for a task with several metrics, the term of task i is the average of its metrics'
 terms. A positive Δm means the model beats the baseline on average.
+
+:func:`delta_m` is the formula over whatever metrics it is given. :func:`task_delta_m` picks
+them from the tasks: ``on="primary"`` uses each task's one primary measure (``Task.primary``:
+mIoU, the depth error, the mean angle, top-1, ...), which is what the paper's Tables 1 and 2
+report; ``on="all"`` averages every metric of a task first (the second figure we print).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, Iterable, Mapping
+from typing import Dict, Iterable, Mapping, Union
 
 import numpy as np
 
 from ..errors import BranchnasError
 from .base import Task
 
-__all__ = ["delta_m", "delta_m_per_task", "metric_directions"]
+__all__ = ["delta_m", "delta_m_per_task", "metric_directions", "select_metrics", "task_delta_m",
+           "task_delta_m_per_task", "DELTA_M_ON"]
+
+# The two Δm figures every table shows: on each task's primary measure, and over all metrics.
+DELTA_M_ON = ("primary", "all")
 
 Metrics = Mapping[str, Mapping[str, float]]
 
@@ -133,3 +142,84 @@ def metric_directions(tasks: Iterable[Task]) -> Dict[str, bool]:
                     f"in another (task {task.name!r}); rename one of them"
                 )
     return out
+
+
+def _task_map(tasks: Union[Iterable[Task], Mapping[str, Task]]) -> Dict[str, Task]:
+    if isinstance(tasks, Mapping):
+        return dict(tasks)
+    return {t.name: t for t in tasks}
+
+
+def select_metrics(metrics: Metrics, tasks: Union[Iterable[Task], Mapping[str, Task]],
+                   on: str = "primary") -> Dict[str, Dict[str, float]]:
+    """The metrics Δm is computed on: each task's primary measure, or all of them.
+
+    Args:
+        metrics: task → metric → value.
+        tasks: the :class:`Task` objects (or name → Task) of every task in ``metrics``.
+        on: ``"primary"`` (each task's ``Task.primary`` only) or ``"all"``.
+
+    Returns:
+        task → metric → value, the same tasks in the same order.
+
+    Raises:
+        BranchnasError: for an unknown ``on``, a task not in ``tasks``, or (``"primary"``) a
+            task whose primary measure is missing from ``metrics``.
+    """
+    if on not in DELTA_M_ON:
+        raise BranchnasError(f"unknown Δm measure {on!r}; choose one of: {', '.join(DELTA_M_ON)}")
+    by_name = _task_map(tasks)
+    out: Dict[str, Dict[str, float]] = {}
+    for name, ms in metrics.items():
+        if name not in by_name:
+            raise BranchnasError(f"task {name!r} has metrics but no task definition; "
+                                 f"known tasks: {', '.join(by_name) or 'none'}")
+        if on == "all":
+            out[name] = dict(ms)
+            continue
+        primary = by_name[name].primary
+        if primary not in ms:
+            raise BranchnasError(
+                f"task {name!r} has no value for its primary measure {primary!r}; it has: "
+                f"{', '.join(ms) or 'none'}")
+        out[name] = {primary: ms[primary]}
+    return out
+
+
+def task_delta_m_per_task(model: Metrics, baseline: Metrics,
+                          tasks: Union[Iterable[Task], Mapping[str, Task]],
+                          on: str = "primary") -> Dict[str, float]:
+    """Each task's Δm term (percent) on its primary measure (``on="primary"``) or over all
+    its metrics averaged (``on="all"``); see :func:`delta_m_per_task`."""
+    by_name = _task_map(tasks)
+    picked = select_metrics(model, by_name, on)
+    return delta_m_per_task(picked, baseline, metric_directions(by_name[t] for t in picked))
+
+
+def task_delta_m(model: Metrics, baseline: Metrics,
+                 tasks: Union[Iterable[Task], Mapping[str, Task]], on: str = "primary") -> float:
+    """Δm of ``model`` against ``baseline`` with the metrics chosen by the tasks.
+
+    Args:
+        model: task → metric → value of the model (every metric the meters give).
+        baseline: the same for the single-task networks.
+        tasks: the :class:`Task` objects of the model's tasks (their ``primary`` and metric
+            directions are used).
+        on: ``"primary"`` (the paper's tables) or ``"all"`` (every metric, averaged per task).
+
+    Returns:
+        Δm in percent.
+
+    Raises:
+        BranchnasError: see :func:`select_metrics` and :func:`delta_m_per_task`.
+
+    Example:
+        >>> from branchnas.tasks import create_task
+        >>> tasks = [create_task("S", "segmentation", num_classes=19), create_task("D", "depth")]
+        >>> single = {"S": {"miou": 65.17, "pixel_acc": 90.0}, "D": {"abs_err": 2.57, "rel_err": 0.3}}
+        >>> mtl = {"S": {"miou": 61.51, "pixel_acc": 91.0}, "D": {"abs_err": 2.66, "rel_err": 0.3}}
+        >>> round(task_delta_m(mtl, single, tasks), 4), round(task_delta_m(mtl, single, tasks, "all"), 4)
+        (-4.559, -2.0017)
+    """
+    per_task = task_delta_m_per_task(model, baseline, tasks, on)
+    return sum(per_task.values()) / len(per_task)
