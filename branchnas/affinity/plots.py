@@ -81,8 +81,8 @@ def plot_affinity_heatmaps(data: dict[str, Any], axes: Any | None = None) -> Any
         import matplotlib.pyplot as plt
 
         n = len(tasks)
-        _, axes = plt.subplots(1, len(locations), squeeze=False,
-                               figsize=(0.6 * n * len(locations) + 1.5 * len(locations) + 1.0, 0.6 * n + 1.8))
+        _, axes = plt.subplots(1, len(locations), squeeze=False, layout="constrained",
+                               figsize=_heatmaps_figsize(n, len(locations)))
     axes_list = list(np.ravel(axes))
     if len(axes_list) != len(locations):
         raise BranchnasError(f"{len(axes_list)} Axes given for {len(locations)} locations; give one Axes per location")
@@ -95,7 +95,9 @@ def plot_affinity_heatmaps(data: dict[str, Any], axes: Any | None = None) -> Any
         ax.set_xticks(range(len(tasks)))
         ax.set_yticks(range(len(tasks)))
         ax.set_xticklabels(tasks, rotation=90 if len(tasks) > 3 else 0)
-        ax.set_yticklabels(tasks)
+        # row labels on a row's first panel only: the panels share them, and a neighbour's
+        # labels would otherwise be drawn over the panel on their left
+        ax.set_yticklabels(tasks if _first_column(ax) else [])
         if annotate:
             mid = 0.5 * (data["vmin"] + data["vmax"])
             for i in range(len(tasks)):
@@ -106,6 +108,17 @@ def plot_affinity_heatmaps(data: dict[str, Any], axes: Any | None = None) -> Any
         fig = axes_list[0].figure
         fig.colorbar(image, ax=axes_list, shrink=0.8, label=f"{data['measure']} affinity")
     return axes_list
+
+
+def _first_column(ax: Any) -> bool:
+    spec = ax.get_subplotspec()
+    return spec is None or spec.is_first_col()
+
+
+def _heatmaps_figsize(n_tasks: int, n_locations: int) -> tuple[float, float]:
+    """Inches for D square N x N panels, the row labels once and the colour bar."""
+    side = 0.45 * n_tasks + 0.4
+    return side * n_locations + 2.5, side + 1.6
 
 
 def affinity_vs_depth_data(aff_file: AffinityLike) -> dict[str, Any]:
@@ -185,7 +198,7 @@ def write_affinity_plots(aff_file: AffinityLike, out_dir: str | os.PathLike[str]
 
     heat = affinity_heatmap_data(f)
     n, d = len(heat["tasks"]), len(heat["locations"])
-    fig = Figure(figsize=(0.6 * n * d + 1.5 * d + 1.0, 0.6 * n + 1.8))
+    fig = Figure(figsize=_heatmaps_figsize(n, d), layout="constrained")
     FigureCanvasAgg(fig)
     plot_affinity_heatmaps(heat, fig.subplots(1, d, squeeze=False))
     path = out / f"{prefix}_heatmaps.png"

@@ -56,7 +56,8 @@ def report_data(run_dir: Union[str, Path]) -> Dict[str, Any]:
 
 def _img(path: Union[str, Path]) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
+    alt = html.escape(Path(path).stem.replace("_", " ").replace("-", " "), quote=True)  # "affinity rsa heatmaps"
+    return f'<img src="data:image/png;base64,{data}" alt="{alt}" style="max-width:100%">'
 
 
 def _fmt(v: Any) -> str:
@@ -116,8 +117,9 @@ def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
     title = f"branchnas report: {s['space']} (profile {s['profile']})"
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
-            "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
-            "pre{background:#f6f6f6;padding:.5em}</style></head><body>"
+            "table{border-collapse:collapse;font-size:13px;display:block;max-width:100%;overflow-x:auto}"  # wide tables scroll, not the page
+            "td,th{border:1px solid #ccc;padding:3px 6px}"
+            "pre{background:#f6f6f6;padding:.5em;overflow-x:auto}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>" + "\n".join(parts_html) + "</body></html>")
     html_path, md_path = root / "report.html", root / "report.md"
     atomic_write_text(html_path, page)
