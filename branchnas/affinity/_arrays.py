@@ -8,11 +8,12 @@ so a feature map with millions of values per image never has to be copied whole.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
+from .._device import DeviceLike, resolve_device  # noqa: F401  (the one device resolver, re-exported)
 from ..errors import BranchnasError
 
 __all__ = [
@@ -29,24 +30,6 @@ __all__ = [
 #: Upper bound on the bytes of one float64 chunk of a (K, F) feature matrix on the device.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
-DeviceLike = Union[str, torch.device, None]
-
-
-def resolve_device(device: DeviceLike) -> torch.device:
-    """The compute device: ``None`` picks CUDA when available, else the CPU.
-
-    Raises:
-        BranchnasError: for a device string torch does not understand or CUDA without a GPU.
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise BranchnasError(f"unknown device {device!r} ({exc}); use 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BranchnasError(f"device {device!r} asked for but CUDA is not available; use 'cpu' or leave device unset")
-    return dev
 
 
 def as_tensor(x: Any, *, what: str) -> torch.Tensor:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..training import TrainConfig, load_single_task_model
+from .layout import RunLayout
 from .stages import run_singles
 
 __all__ = ["affinity_stage", "affinity_path"]
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def affinity_path(out_dir: Union[str, Path], measure: str = "rsa") -> Path:
     """Where the pipeline keeps a run's affinity file."""
-    return Path(out_dir) / f"affinity-{measure}.npz"
+    return RunLayout(out_dir).affinity(measure)
 
 
 def _same_recipe(path: Path, measure: str, k: int, seed: int) -> bool:
@@ -50,7 +51,7 @@ def affinity_stage(space: Any, out_dir: Union[str, Path], config: TrainConfig, m
     if _same_recipe(target, measure, k, seed):
         log.info("affinity: reusing %s", target)
         return target
-    run_singles(space, out_dir, config, device=device)
+    run_singles(space, out_dir, config, device=device, check=False)  # read as they are (maybe tuned)
     models = {t: load_single_task_model(space, t, out_dir, device=device or "cpu") for t in space.task_names}
     held_out = create_dataset(space.dataset_name, split="val", tasks=space.task_names, **space.dataset_kwargs)
     affinity, locations, meta = compute_affinity(

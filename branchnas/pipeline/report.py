@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Tuple, Union
 
 from ..errors import BranchnasError
 from ..training.rundir import atomic_write_text
+from .layout import RunLayout
 from .results import results_table
 
 __all__ = ["write_report", "report_data"]
@@ -31,18 +32,23 @@ def report_data(run_dir: Union[str, Path]) -> Dict[str, Any]:
     from ..tasks import create_task
 
     root = Path(run_dir)
-    summary_path = root / "summary.json"
+    layout = RunLayout(root)
+    summary_path = layout.summary_json
     if not summary_path.is_file():
         raise BranchnasError(f"{root} has no summary.json; run `branchnas run --out {root}` first")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    pipeline = json.loads((root / "pipeline.json").read_text(encoding="utf-8"))
+    pipeline = json.loads(layout.pipeline_json.read_text(encoding="utf-8"))
     space = pipeline["space_resolved"]
     tasks = []
     for t in space["tasks"]:
         task = create_task(t["name"], t["type"], **t.get("params", {}))
         tasks.append({"name": t["name"], "type": t["type"], "head": t.get("head", ""),
                       "metrics": ", ".join(f"{m} {'↑' if up else '↓'}" for m, up in task.metrics.items())})
-    affinity_pngs = [str(p) for p in write_affinity_plots(summary["affinity"], root / "plots")]
+    # stored paths are relative to the run directory (older runs: as given; re-rooted here)
+    for key in ("affinity", "pareto_png", "pareto_csv"):
+        if summary.get(key) is not None:
+            summary[key] = str(layout.resolve(summary[key], summary.get("out")))
+    affinity_pngs = [str(p) for p in write_affinity_plots(summary["affinity"], layout.plots)]
     table = results_table(root, space=summary["space"])
     metric_cols = [c for c in table.columns if "/" in c]
     rows: List[Dict[str, Any]] = []
@@ -82,6 +88,7 @@ def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
     from ..search import format_budget
 
     root = Path(run_dir)
+    layout = RunLayout(root)
     data = report_data(root)
     s = data["summary"]
     parts_html: List[str] = []
@@ -95,9 +102,9 @@ def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
                   [[t["name"], t["type"], t["head"], t["metrics"]] for t in data["tasks"]])
     section("Tasks", h, m)
     section("Task affinity",
-            "".join(_img(p) for p in data["affinity_pngs"]) + f"<p>file: {html.escape(s['affinity'])}</p>",
-            "".join(f"![affinity]({Path(p).relative_to(root)})\n\n" for p in data["affinity_pngs"])
-            + f"file: `{s['affinity']}`\n")
+            "".join(_img(p) for p in data["affinity_pngs"]) + f"<p>file: {html.escape(layout.relative(s['affinity']))}</p>",
+            "".join(f"![affinity]({layout.relative(p)})\n\n" for p in data["affinity_pngs"])
+            + f"file: `{layout.relative(s['affinity'])}`\n")
     trees_html, trees_md = [], []
     for r in s["recommended"]:
         dm = "n/a" if r["delta_m"] is None else f"{r['delta_m']:+.2f}%"
@@ -107,7 +114,7 @@ def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
         trees_md.append(f"### {head}\n\n```\n{r['ascii']}\n```\n")
     section("Recommended trees", "".join(trees_html), "\n".join(trees_md))
     section("Parameters vs Δm", _img(s["pareto_png"]),
-            f"![pareto]({Path(s['pareto_png']).relative_to(root)})\n")
+            f"![pareto]({layout.relative(s['pareto_png'])})\n")
     cols = data["metric_columns"]
     h, m = _table(["model", "name", "params", "Δm (%)", *cols],
                   [[r["model"], r["name"], format_budget(r["params"]), r["delta_m"], *[r[c] for c in cols]]
@@ -121,7 +128,7 @@ def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
             "td,th{border:1px solid #ccc;padding:3px 6px}"
             "pre{background:#f6f6f6;padding:.5em;overflow-x:auto}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>" + "\n".join(parts_html) + "</body></html>")
-    html_path, md_path = root / "report.html", root / "report.md"
+    html_path, md_path = layout.report_html, layout.report_md
     atomic_write_text(html_path, page)
     atomic_write_text(md_path, f"# {title}\n\n" + "\n".join(parts_md))
     return html_path, md_path

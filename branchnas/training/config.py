@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BranchnasError
 
@@ -115,12 +115,59 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def from_layers(cls, layers: Sequence[Tuple[str, Optional[Mapping[str, Any]]]]) -> "TrainConfig":
+        """Merge named layers of settings over the defaults, later layers winning.
+
+        This is the one merge every command uses (through
+        :func:`branchnas.pipeline.resolve.resolve_training`, which supplies the layers in
+        the documented order: search space < profile < tuned settings < command line).
+        A ``None`` value means "not set here" and is skipped.
+
+        Args:
+            layers: ``(name, settings)`` pairs, lowest priority first; ``name`` says where
+                the settings come from in error messages (e.g. ``"command line"``).
+
+        Returns:
+            The resolved, validated config.
+
+        Raises:
+            BranchnasError: one line naming the key, the layer that set it and the fix: an
+                unknown key (with the known ones), a value of the wrong type, or one out of
+                range.
+        """
+        values: Dict[str, Any] = {}
+        origin: Dict[str, str] = {}
+        for source_name, source in layers:
+            if source is not None and not isinstance(source, Mapping):
+                raise BranchnasError(
+                    f"training settings from the {source_name} must be a table of key = value, "
+                    f"got {type(source).__name__}"
+                )
+            for key, value in (source or {}).items():
+                if value is None:
+                    continue
+                values[key] = _coerce(key, value, source_name)
+                origin[key] = source_name
+        try:
+            return cls(**values)
+        except BranchnasError as exc:
+            # name the layer that set the offending value (the field is named in the message)
+            culprit = next((k for k in origin if f"training {k} " in f"{exc} "
+                            or f"training {k}[" in str(exc)), None)
+            if culprit is None:
+                raise
+            raise BranchnasError(f"{exc} (set by the {origin[culprit]}; fix it there)") from None
+
+    @classmethod
     def from_sources(
         cls,
         space_training: Optional[Mapping[str, Any]] = None,
         overrides: Optional[Mapping[str, Any]] = None,
     ) -> "TrainConfig":
         """Defaults, then the search space's ``[training]`` table, then ``overrides``.
+
+        A shorthand of :meth:`from_layers` for code that has no profile or tuned settings;
+        commands resolve through :func:`branchnas.pipeline.resolve.resolve_training`.
 
         Args:
             space_training: the space file's training defaults (``SearchSpace.training``).
@@ -134,19 +181,13 @@ class TrainConfig:
             BranchnasError: for an unknown key (named, with the known ones) or a value of the
                 wrong type.
         """
-        values: Dict[str, Any] = {}
-        sources = (("search space [training]", space_training), ("override", overrides))
-        for source_name, source in sources:
-            for key, value in (source or {}).items():
-                if value is None and source_name == "override":
-                    continue
-                values[key] = _coerce(key, value, source_name)
-        return cls(**values)
+        return cls.from_layers((("search space [training]", space_training),
+                                ("override", overrides)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Rebuild a config from :meth:`to_dict` output (e.g. a run's ``config.json``)."""
-        return cls.from_sources(None, {k: v for k, v in data.items()})
+        return cls.from_layers((("stored config", data),))
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready dict of every field."""

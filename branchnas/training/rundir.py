@@ -38,6 +38,7 @@ import os
 import weakref
 import platform
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -335,20 +336,7 @@ class RunDir:
         self.sweep_temp_files()
         existed = self.is_started()
         if existed:
-            stored = self.read_config()
-            ignore = set(ignore_keys)
-            diffs = sorted(
-                k for k in set(stored) | set(config)
-                if k not in ignore and stored.get(k) != config.get(k)
-            )
-            if diffs:
-                k = diffs[0]
-                raise BranchnasError(
-                    f"run directory {self.path} was started with a different config "
-                    f"({', '.join(diffs)}; e.g. {k}: {stored.get(k)!r} there, "
-                    f"{config.get(k)!r} now); "
-                    "rerun with the same settings or use another output directory"
-                )
+            self.check_config(config, ignore_keys)
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             if seed is None and "seed" in config:
@@ -364,6 +352,69 @@ class RunDir:
             self.environment_path, json.dumps(environment_info(device), indent=2) + "\n"
         )
         return existed
+
+    def config_diff(self, config: Mapping[str, Any], ignore_keys: Iterable[str] = (),
+                    partial: bool = False) -> List[str]:
+        """The keys whose value in ``config`` differs from the stored ``config.json``.
+
+        Args:
+            config: the configuration a caller would run with.
+            ignore_keys: keys allowed to differ (runtime settings).
+            partial: compare only the keys ``config`` has (a caller that knows the
+                training settings but not, say, the model's parameter count).
+        """
+        config = json.loads(json.dumps(dict(config)))  # normalise (tuples -> lists, ...)
+        stored = self.read_config()
+        ignore = set(ignore_keys)
+        keys = set(config) if partial else set(stored) | set(config)
+        return sorted(k for k in keys if k not in ignore and stored.get(k) != config.get(k))
+
+    def check_config(self, config: Mapping[str, Any], ignore_keys: Iterable[str] = (),
+                     partial: bool = False) -> None:
+        """Refuse ``config`` when this run (started or done) was made with another one.
+
+        Reads only; a run without ``config.json`` passes. Called on every reuse of a run:
+        resuming it, and returning the stored result of a finished one.
+
+        Raises:
+            BranchnasError: one line naming the differing keys and the fix.
+        """
+        if not self.is_started():
+            return
+        diffs = self.config_diff(config, ignore_keys, partial)
+        if diffs:
+            stored = self.read_config()
+            config = json.loads(json.dumps(dict(config)))
+            k = diffs[0]
+            state = "finished" if self.is_done() else "started"
+            raise BranchnasError(
+                f"run directory {self.path} was {state} with a different config "
+                f"({', '.join(diffs)}; e.g. {k}: {stored.get(k)!r} there, {config.get(k)!r} now); "
+                "rerun with the same settings, give a new --out, or pass --force to retrain"
+            )
+
+    def clear(self) -> None:
+        """Remove this run directory (``--force``), refusing a folder that is no run.
+
+        Raises:
+            BranchnasError: when the folder holds files but neither ``config.json`` nor
+                ``done`` (not something this package wrote: it is left alone).
+        """
+        if not self.path.exists():
+            return
+        ours = self.path.is_dir() and (self.is_started() or self.is_done() or all(
+            p.name == self.lock_path.name for p in self.path.iterdir()))
+        if not ours:
+            raise BranchnasError(
+                f"{self.path} is not a run directory (no config.json or done); not removing it "
+                "for --force: delete it yourself or give another --out"
+            )
+        self.lock()  # not while another process trains in it
+        try:
+            shutil.rmtree(self.path)
+        finally:
+            self.unlock()
+        log.info("removed %s (--force)", self.path)
 
     def read_config(self) -> Dict[str, Any]:
         """The stored ``config.json``.

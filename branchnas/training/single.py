@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from ..errors import BranchnasError
-from .config import TrainConfig
+from .config import RUNTIME_FIELDS, TrainConfig
 from .rundir import RunDir
 from .trainer import resolve_device, train
 
-__all__ = ["train_single", "single_task_model", "single_run_dir", "load_single_task_model"]
+__all__ = ["train_single", "single_task_model", "single_run_dir", "load_single_task_model",
+           "space_dataset", "space_datasets"]
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +88,36 @@ def load_single_task_model(
     return model.to(resolve_device(device)).eval()
 
 
-def _datasets(space: Any, tasks: Sequence[str]) -> Tuple[Any, Any]:
+def space_dataset(space: Any, split: str, tasks: Optional[Sequence[str]] = None,
+                  overrides: Optional[Mapping[str, Any]] = None) -> Any:
+    """One split of the space's dataset (the one place the stages, tuning and
+    ``train_single`` build their data).
+
+    Args:
+        space: a ``SearchSpace``.
+        split: ``train``, ``val`` or ``test``.
+        tasks: the tasks to label (default: all of the space's).
+        overrides: dataset keyword arguments over the space's ``[dataset]`` table.
+
+    Raises:
+        BranchnasError: when the space names no dataset (or the dataset refuses its options).
+    """
     from ..data import create_dataset
 
-    name = space.dataset_name
-    if not name:
+    if not space.dataset_name:
         raise BranchnasError(
             f"search space {space.name!r} names no dataset; add [dataset] name = ... to its file"
         )
-    kwargs = space.dataset_kwargs
-    train_set = create_dataset(name, split="train", tasks=list(tasks), **kwargs)
-    val_set = create_dataset(name, split="val", tasks=list(tasks), **kwargs)
-    return train_set, val_set
+    kwargs = {**space.dataset_kwargs, **dict(overrides or {})}
+    names = list(tasks) if tasks is not None else list(space.task_names)
+    return create_dataset(space.dataset_name, split=split, tasks=names, **kwargs)
+
+
+def space_datasets(space: Any, tasks: Optional[Sequence[str]] = None,
+                   overrides: Optional[Mapping[str, Any]] = None) -> Tuple[Any, Any]:
+    """``(train split, val split)`` of the space's dataset (see :func:`space_dataset`)."""
+    return (space_dataset(space, "train", tasks, overrides),
+            space_dataset(space, "val", tasks, overrides))
 
 
 def train_single(
@@ -153,12 +172,14 @@ def train_single(
     for i, task in enumerate(names):
         run = single_run_dir(out_dir, task)
         if run.is_done():
+            # a finished run made with other training settings is refused, not reused
+            run.check_config(config.to_dict(), ignore_keys=RUNTIME_FIELDS, partial=True)
             log.info("single-task %s: done in %s; skipping", task, run.path)
             results[task] = run.read_result()
             continue
         log.info("single-task %s (%d/%d): training in %s", task, i + 1, len(names), run.path)
         # a dataset labelling just this task: items stay small
-        train_set, val_set = datasets if datasets is not None else _datasets(space, [task])
+        train_set, val_set = datasets if datasets is not None else space_datasets(space, [task])
         model = single_task_model(space, task, seed=config.seed)
         meta = {"stage": "single", "space": space.name, "task": task,
                 "tree": model.tree.to_json() if hasattr(model, "tree") else None}
@@ -167,5 +188,6 @@ def train_single(
             meta=meta, command=command,
             finalize=None if finalize is None else (lambda raw, t=task: finalize(t, raw)),
         )
-        log.info("single-task %s: %s", task, {k: v for k, v in results[task][task].items()})
+        stored = results[task]  # the trainer's result, or what finalize made of it
+        log.info("single-task %s: %s", task, stored.get(task, stored.get("metrics", {}).get(task)))
     return {t: results[t] for t in names}

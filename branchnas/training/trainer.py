@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from .._device import resolve_device  # the one device resolver (re-exported here)
 from ..errors import BranchnasError
 from . import ddp
 from .async_updates import SHARED, AsyncUpdater
@@ -70,16 +71,6 @@ CHECKPOINT_FORMAT = 1
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def resolve_device(device: Union[None, str, torch.device] = None) -> torch.device:
-    """``device`` as a ``torch.device``; None picks CUDA when available, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BranchnasError(f"device {device!r} requested but CUDA is not available; use cpu")
-    return dev
 
 
 def resolve_amp(
@@ -401,7 +392,19 @@ def train(
     main = ctx is None or ctx.is_main
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     # rank 0 alone reads and writes the run directory (other machines may not share it)
-    done = _on_main(ctx, lambda: (True, run.read_result()) if run.is_done() else (False, None))
+    run_config = {**config.to_dict(), "tasks": _task_names(tasks), "model": type(model).__name__,
+                  "parameters": sum(p.numel() for p in model.parameters()), **dict(meta or {})}
+    if ctx is not None:
+        run_config["world_size"] = ctx.world_size  # K·b is the batch: resume with the same K
+
+    def stored() -> Tuple[bool, Any]:
+        if not run.is_done():
+            return False, None
+        # a finished run made with another config is refused, not silently returned
+        run.check_config(run_config, ignore_keys=RUNTIME_FIELDS)
+        return True, run.read_result()
+
+    done = _on_main(ctx, stored)
     if done[0]:
         log.info("%s is done; skipping training", run.path)
         return done[1]
@@ -419,11 +422,6 @@ def train(
         dev = resolve_device(device)
     session = _Session(model, tasks, config, dev, collate_fn or _default_collate(), ctx)
     names = session.names
-
-    run_config = {**config.to_dict(), "tasks": names, "model": type(model).__name__,
-                  "parameters": sum(p.numel() for p in model.parameters()), **dict(meta or {})}
-    if ctx is not None:
-        run_config["world_size"] = ctx.world_size  # K·b is the batch: resume with the same K
 
     def start() -> Optional[Dict[str, Any]]:
         run.start(run_config, seed=config.seed, command=command, device=str(session.device),
