@@ -86,6 +86,10 @@ def space_dirs() -> List[Path]:
     return [shipped_resource_dir("search_spaces")]
 
 
+MAX_INPUT_SIDE = 8192
+"""Largest input height or width a space may declare."""
+
+
 def list_spaces() -> List[str]:
     """Names of the search spaces shipped with branchnas, sorted."""
     names = set()
@@ -133,6 +137,9 @@ def load_space(name_or_path: Union[str, Path]) -> "SearchSpace":
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise BranchnasError(f"{path}: invalid TOML: {e}; fix the file's syntax") from None
+    except (UnicodeDecodeError, RecursionError) as e:  # a binary file, or absurd nesting
+        raise BranchnasError(f"{path}: not a TOML text file ({type(e).__name__}); "
+                             "give a UTF-8 search-space file") from None
     except OSError as e:
         raise BranchnasError(f"cannot read search-space file {str(path)!r}: {e.strerror}") from None
     return SearchSpace.from_dict(raw, name=path.stem, source=str(path))
@@ -308,6 +315,9 @@ class SearchSpace:
             base.blocks  # measure now so bad options fail here  # noqa: B018
         except BranchnasError as e:
             raise chk.fail("backbone", str(e)) from None
+        except (TypeError, ValueError, OverflowError) as e:  # an option of the wrong type
+            raise chk.fail("backbone", f"an option has a value of the wrong type ({e}); "
+                           f"options given: {', '.join(bb_kwargs) or '(none)'}") from None
         cuts = None
         if "cuts" in bb_raw:
             names = [b.name for b in base.blocks]
@@ -338,6 +348,12 @@ class SearchSpace:
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
         ):
             raise chk.fail("input.size", f"must be [H, W], two positive integers, got {size!r}")
+        # below the backbone's output stride the last blocks see padding only; above the
+        # maximum a single image no longer fits any device (both are typos in practice)
+        min_side = max([b.stride for b in base.blocks if b.spatial] + [1])
+        if min(size) < min_side or max(size) > MAX_INPUT_SIDE:
+            raise chk.fail("input.size", f"must be between {min_side} (the output stride of "
+                           f"{bb_name}) and {MAX_INPUT_SIDE} per side, got {size!r}")
         try:
             backbone.block_flops(size)
         except BranchnasError as e:
@@ -345,7 +361,12 @@ class SearchSpace:
 
         # [dataset]
         ds = chk.table(raw.get("dataset"), "dataset")
-        chk.string(ds, "name", "dataset")
+        ds_name = chk.string(ds, "name", "dataset")
+        from ..data import list_datasets  # same layer; imported here to keep `import` light
+
+        if ds_name not in list_datasets():
+            raise chk.fail("dataset.name", f"unknown dataset {ds_name!r}; choose one of: "
+                           f"{', '.join(list_datasets())}")
 
         # [heads]
         hd = chk.table(raw.get("heads"), "heads", required=False)
