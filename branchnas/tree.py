@@ -147,6 +147,10 @@ class Tree:
             except json.JSONDecodeError as e:
                 raise TreeError(f"tree is not valid JSON ({e.msg} at line {e.lineno}); "
                                 "fix the file") from None
+            except RecursionError:  # e.g. 200k nested brackets
+                raise TreeError("tree JSON is nested too deeply to be a tree; fix the file") from None
+            except UnicodeDecodeError:
+                raise TreeError("tree is not UTF-8 JSON text; give a tree JSON file") from None
         if not isinstance(obj, Mapping) or "tasks" not in obj or "groupings" not in obj:
             raise TreeError('a tree must be a JSON object with "tasks" and "groupings"; '
                             "see design.md (Contracts)")
@@ -203,7 +207,13 @@ class Tree:
         except OSError as e:
             raise TreeError(f"cannot read tree file {str(p)!r} ({e.strerror}); "
                             "check the path") from None
-        return cls.from_json(text, depth=depth, tasks=tasks)
+        except UnicodeDecodeError:
+            raise TreeError(f"tree file {str(p)!r} is not UTF-8 text (a binary file?); "
+                            "give a tree JSON file") from None
+        try:
+            return cls.from_json(text, depth=depth, tasks=tasks)
+        except TreeError as e:
+            raise TreeError(f"{p}: {e}") from None
 
     # ------------------------------------------------------------------ serialization
     def to_json(self) -> Dict[str, Any]:

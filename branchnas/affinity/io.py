@@ -211,6 +211,14 @@ def save_affinity(path: PathLike, affinity: Any, tasks: Sequence[str], locations
     return npz_path
 
 
+def _npz_reason(exc: BaseException) -> str:
+    """Why numpy could not read a file, without its advice to unpickle it (never safe here)."""
+    text = str(exc)
+    if "pickle" in text:  # a text file, or object arrays: numpy suggests allow_pickle=True
+        return "not a NumPy .npz archive of plain arrays"
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
 def load_affinity(path: PathLike) -> AffinityFile:
     """Read and validate an affinity file.
 
@@ -232,7 +240,8 @@ def load_affinity(path: PathLike) -> AffinityFile:
     try:
         data = np.load(npz_path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise BranchnasError(f"{npz_path}: cannot be read as an npz affinity file ({exc}); rewrite it") from None
+        raise BranchnasError(f"{npz_path}: cannot be read as an npz affinity file ({_npz_reason(exc)}); "
+                             "rewrite it") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise BranchnasError(f"{npz_path}: holds a single array, not an npz archive; "
                              "write it with save_affinity (affinity, tasks, locations)")
@@ -246,7 +255,7 @@ def load_affinity(path: PathLike) -> AffinityFile:
             tasks = data["tasks"].tolist()
             locations = data["locations"].tolist()
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise BranchnasError(f"{npz_path}: cannot be read as an npz affinity file ({exc}); "
+            raise BranchnasError(f"{npz_path}: cannot be read as an npz affinity file ({_npz_reason(exc)}); "
                                  "rewrite it") from None
     if isinstance(tasks, str) or isinstance(locations, str):
         raise BranchnasError(f"{npz_path}: tasks and locations must be 1-D arrays of names; rewrite the file")
@@ -255,7 +264,7 @@ def load_affinity(path: PathLike) -> AffinityFile:
     if json_path.is_file():
         try:
             meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise BranchnasError(f"{json_path}: sidecar is not valid JSON ({exc}); fix or delete it") from None
         if not isinstance(meta, dict):
             raise BranchnasError(f"{json_path}: sidecar must hold a JSON object; fix or delete it")
