@@ -46,6 +46,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .._fs import fs_error, is_fs_failure
 from ..errors import BranchnasError
 
 __all__ = [
@@ -73,8 +74,11 @@ def atomic_write_with(path: PathLike, write: Callable[[Any], None], binary: bool
         binary: open the temp file in binary mode.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    except OSError as exc:
+        raise fs_error(exc) from None
     try:
         mode_kw: Dict[str, Any] = {"mode": "wb"} if binary else {"mode": "w", "encoding": "utf-8"}
         with os.fdopen(fd, **mode_kw) as f:
@@ -82,11 +86,13 @@ def atomic_write_with(path: PathLike, write: Callable[[Any], None], binary: bool
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if is_fs_failure(exc):  # a full disk, a vanished directory, torch's writer failing
+            raise fs_error(exc, path) from None
         raise
     _fsync_dir(path.parent)
 
@@ -595,11 +601,18 @@ class RunDir:
         return _from_plain(ckpt)
 
     def model_state(self, map_location: Any = "cpu") -> Dict[str, Any]:
-        """The model ``state_dict`` of the last checkpoint (the final weights once done).
+        """The model ``state_dict`` the run ends with: the convergence rule's best epoch
+        (``checkpoints/best.pt``, tensors only, read with ``weights_only=True``) when the run
+        keeps one, else the last checkpoint's.
 
         Raises:
             BranchnasError: when the run has no checkpoint yet, or it is damaged.
         """
+        best = self.checkpoint_path.parent / "best.pt"
+        if best.is_file():
+            import torch
+
+            return torch.load(best, map_location=map_location, weights_only=True)["model"]
         ckpt = self.load_checkpoint(map_location)
         if ckpt is None:
             raise BranchnasError(f"run directory {self.path} has no checkpoint; train it first")
