@@ -14,17 +14,18 @@ import optuna
 import pytest
 
 from branchnas.errors import BranchnasError
-from branchnas.pipeline.jobs import JobContext, job_key, run_job
-from branchnas.pipeline.queue import open_storage
+import branchnas.pipeline.tune as T
+from branchnas.pipeline.executor import LocalExecutor
+from branchnas.pipeline.jobs import job_attempts
 from branchnas.pipeline.tune import (
     build_model,
     check_equal_budgets,
     load_tuned,
     model_slug,
     normalised_objective,
+    open_storage,
     suggest_settings,
     tune,
-    tune_jobs,
     tuned_overrides,
     tuned_path,
     tuning_storage_url,
@@ -75,36 +76,64 @@ def test_tune_writes_the_best_settings_where_train_picks_them_up(tmp_path: Path)
         check_equal_budgets(tmp_path, "scenes", [MODEL, "single:depth"])
 
 
-def test_a_hopeless_trial_is_pruned(tmp_path: Path) -> None:
-    overrides = {**TINY, "epochs": 3}
-    specs = tune_jobs("scenes", MODEL, trials=2, out_dir=tmp_path, overrides=overrides,
-                      dataset=DATA, pruner_startup_trials=1, pruner_warmup_epochs=1)
-    study = _study(tmp_path)
+def _prepare(out: Path, trials: int, **kw):
+    kw = {"storage": None, "overrides": TINY, "dataset": DATA, "holdout": 0.2, "sampler_seed": 0,
+          "pruner_startup_trials": 4, "pruner_warmup_epochs": 1, "device": None, **kw}
+    return T._prepare("scenes", MODEL, trials, out, kw.pop("storage"), kw.pop("overrides"),
+                      kw.pop("dataset"), kw.pop("holdout"), kw.pop("sampler_seed"),
+                      kw.pop("pruner_startup_trials"), kw.pop("pruner_warmup_epochs"),
+                      kw.pop("device"))
+
+
+def test_a_hopeless_trial_is_pruned_mid_training(tmp_path: Path) -> None:
+    t = _prepare(tmp_path, 2, overrides={**TINY, "epochs": 3}, pruner_startup_trials=1)
     # the default (adam 2e-3) first, then a learning rate too small to move the loss
-    study.enqueue_trial({"optimizer": "adam", "lr_adam": 1e-4, "batch_size": 32,
-                         "schedule": "none"})
-    first, second = (run_job(s) for s in specs)
-    assert first["state"] == "COMPLETE" and first["epochs_run"] == 3
+    t.study.enqueue_trial({"optimizer": "adam", "lr_adam": 1e-4, "batch_size": 32,
+                           "schedule": "none"})
+    first, second = sorted(T._drive(t, LocalExecutor()), key=lambda r: r["trial"])
+    assert first["state"] == "COMPLETE" and first["epochs_run"] == 3 and len(first["curve"]) == 3
     assert second["state"] == "PRUNED" and second["epochs_run"] == 2
-    assert second["value"] > study.get_trials()[0].intermediate_values[2]
+    trials = _study(tmp_path).get_trials()
+    assert [tr.state.name for tr in trials] == ["COMPLETE", "PRUNED"]
+    assert second["value"] > trials[0].intermediate_values[2]
+    # the pruned trial stopped inside its job: two epochs trained, no done marker
+    run = tmp_path / "tuned" / "scenes" / "single-scene" / "trial-001"
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2 and not (run / "done").exists()
 
 
-def test_a_retried_trial_job_resumes_the_same_trial(tmp_path: Path) -> None:
-    spec = tune_jobs("scenes", MODEL, trials=1, out_dir=tmp_path, overrides=TINY, dataset=DATA)[0]
-    lost = JobContext(spec=spec, key=job_key(spec))
-    lost.lost.set()  # the worker loses its job after the first epoch's checkpoint
-    with pytest.raises(RuntimeError, match="given to another worker"):
-        run_job(spec, context=lost)
+def test_a_tuning_whose_driver_died_resumes_the_running_trial(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+
+    def dies_after_epoch_1(*args, **kwargs):  # Ctrl-C after epoch 1's checkpoint, before its report
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(T, "normalised_objective", dies_after_epoch_1)
+        with pytest.raises(KeyboardInterrupt):
+            tune("scenes", MODEL, trials=1, out_dir=tmp_path, overrides=TINY, dataset=DATA)
     trial = _study(tmp_path).get_trials()[0]
     assert trial.state.name == "RUNNING" and list(trial.intermediate_values) == []
-    result = run_job(spec)  # the retry
+    summary = tune("scenes", MODEL, trials=1, out_dir=tmp_path, overrides=TINY, dataset=DATA)
     trials = _study(tmp_path).get_trials()
     assert len(trials) == 1 and trials[0].state.name == "COMPLETE"
-    assert result["trial"] == 0 and result["epochs_run"] == 2
-    assert result["settings"]["lr"] == TrainConfig().lr
-    metrics = [json.loads(line) for line in
-               (Path(spec["out_dir"]) / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["trial"] == 0 and summary["settings"]["lr"] == TrainConfig().lr
+    assert sorted(trials[0].intermediate_values) == [2]  # epoch 1 was never reported
+    run = tmp_path / "tuned" / "scenes" / "single-scene" / "trial-000"
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]  # epoch 1 was not trained again
+    assert len(job_attempts(run)) == 2
+
+
+def test_a_database_storage_has_optunas_heartbeat_and_retry(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'tune.db'}")
+    assert storage.get_heartbeat_interval() == T.HEARTBEAT_INTERVAL
+    cls, _ = T._retry_callback()  # optuna's RetryHeartbeatStaleTrialCallback (>= 4.9) or its old name
+    callback = (storage.get_heartbeat_stale_trial_callback() if hasattr(storage, "get_heartbeat_stale_trial_callback")
+                else storage.get_failed_trial_callback())
+    assert isinstance(callback, cls)
+    with pytest.raises(BranchnasError, match="not supported"):
+        open_storage("redis://host/0")
 
 
 def test_objective_and_search_space() -> None:
@@ -139,5 +168,29 @@ def test_model_ids(tmp_path: Path) -> None:
     with pytest.raises(BranchnasError, match="not understood"):
         build_model(space, "what:ever")
     with pytest.raises(BranchnasError, match="are tuned"):
-        tune_jobs("scenes", MODEL, trials=1, out_dir=tmp_path, overrides={"lr": 0.1})
+        tune("scenes", MODEL, trials=1, out_dir=tmp_path, overrides={"lr": 0.1})
     assert tuned_overrides(tmp_path, "scenes", "shared") == {}
+
+
+def test_a_dead_drivers_trial_in_a_database_is_retried_by_optunas_heartbeat(tmp_path: Path,
+                                                                             monkeypatch) -> None:
+    monkeypatch.setattr(T, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(T, "GRACE_PERIOD", 1)
+    url = f"sqlite:///{tmp_path / 'tune.db'}"
+    with monkeypatch.context() as m:
+        m.setattr(T, "normalised_objective", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            tune("scenes", MODEL, trials=1, out_dir=tmp_path, storage=url, overrides=TINY, dataset=DATA)
+    import time
+
+    time.sleep(2.5)  # the dead driver's heartbeat goes stale
+    summary = tune("scenes", MODEL, trials=1, out_dir=tmp_path, storage=url, overrides=TINY,
+                   dataset=DATA)
+    trials = optuna.load_study(study_name=tuning_study_name("scenes", MODEL),
+                               storage=open_storage(url)).get_trials()
+    # optuna failed the stale trial and enqueued its retry, which resumed trial 0's run directory
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert summary["budget"]["complete"] == 1 and summary["budget"]["failed"] == 0
+    run = tmp_path / "tuned" / "scenes" / "single-scene" / "trial-000"
+    assert len(job_attempts(run)) == 2 and (run / "done").is_file()
+    assert not (run.parent / "trial-001").exists()

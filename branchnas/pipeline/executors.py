@@ -1,70 +1,73 @@
-"""Job kinds for the pipeline's training stages, so queue workers can run them.
+"""The job kinds of the pipeline's training stages (what an executor runs, anywhere).
 
 ``train_single``, ``train_tree`` and ``train_baseline`` carry the (profiled) search space as a
-dict and the training config as a dict, so a worker on another machine rebuilds exactly what
-the driver would have trained; they call the same stage functions as an in-process run and
-write into the same run directories, so the driver afterwards finds every stage done.
+dict and the training config as a dict, so a process on another machine rebuilds exactly what
+the driver would have trained. They call the same stage functions as an in-process run and
+train into the same run directories; each job's ``out_dir`` is its run directory, whose
+``done`` marker holds the stored :class:`~branchnas.pipeline.results.ModelResult` that the job
+returns (as a dict). A job asks the executor for the CPU threads its config trains with.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 from ..training import TrainConfig
 from ..tree import Tree
-from .jobs import make_job, register_job_kind
-from .results import ModelResult
+from .jobs import JobSpec, make_job, register_job_kind
 from .stages import run_baseline, run_singles, run_tree
 
-__all__ = ["single_job", "tree_job", "baseline_job"]
+__all__ = ["single_job", "tree_job", "baseline_job", "job_resources"]
+
+
+def job_resources(config: TrainConfig) -> Dict[str, float]:
+    """What one training job asks an executor for: the CPU threads it trains with (GPUs are
+    the executor's setting, e.g. ``--gpus-per-job 0.25`` to share a GPU between small models)."""
+    return {"cpus": float(config.threads or 1)}
 
 
 def _params(space: Any, config: TrainConfig, out: Path, device: Optional[str]) -> Dict[str, Any]:
-    return {"space": space.to_dict(), "space_name": space.name, "config": config.to_dict(),
-            "out": str(out), "device": device}
+    return {"space": space.to_dict(), "space_name": space.name, "source": space.source,
+            "config": config.to_dict(), "out": str(out), "device": device}
 
 
-def single_job(space: Any, task: str, config: TrainConfig, out: Path, device: Optional[str] = None) -> Dict[str, Any]:
-    """The job spec training ``task``'s single-task network."""
+def single_job(space: Any, task: str, config: TrainConfig, out: Path,
+               device: Optional[str] = None) -> JobSpec:
+    """The job training ``task``'s single-task network into ``<out>/single/<task>``."""
     return make_job("train_single", {**_params(space, config, out, device), "task": task},
-                    str(Path(out) / "single" / task))
+                    Path(out) / "single" / task, job_resources(config))
 
 
 def tree_job(space: Any, tree: Tree, name: str, config: TrainConfig, out: Path,
-             device: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """The job spec training the BranchedNet of ``tree`` as run ``name``."""
+             device: Optional[str] = None, extra: Optional[Mapping[str, Any]] = None) -> JobSpec:
+    """The job training the BranchedNet of ``tree`` into ``<out>/trees/<name>``."""
     return make_job("train_tree", {**_params(space, config, out, device), "tree": tree.to_json(),
                                    "name": name, "extra": dict(extra or {})},
-                    str(Path(out) / "trees" / name))
+                    Path(out) / "trees" / name, job_resources(config))
 
 
-def baseline_job(space: Any, name: str, config: TrainConfig, out: Path, device: Optional[str] = None) -> Dict[str, Any]:
-    """The job spec training baseline ``name``."""
+def baseline_job(space: Any, name: str, config: TrainConfig, out: Path,
+                 device: Optional[str] = None) -> JobSpec:
+    """The job training baseline ``name`` into ``<out>/baselines/<name>``."""
     return make_job("train_baseline", {**_params(space, config, out, device), "name": name},
-                    str(Path(out) / "baselines" / name))
+                    Path(out) / "baselines" / name, job_resources(config))
 
 
 def _unpack(spec: Mapping[str, Any]) -> Any:
     from ..spaces import SearchSpace
 
     p = spec["params"]
-    space = SearchSpace.from_dict(p["space"], name=p["space_name"])
+    space = SearchSpace.from_dict(p["space"], name=p["space_name"], source=p.get("source"))
     return space, TrainConfig.from_dict(p["config"]), Path(p["out"]), p.get("device")
-
-
-def _summary(result: ModelResult) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"name": result.name, "params": result.params}
-    if result.delta_m is not None:
-        out["value"] = result.delta_m
-    return out
 
 
 @register_job_kind("train_single")
 def _train_single(spec: Mapping[str, Any]) -> Dict[str, Any]:
     space, config, out, device = _unpack(spec)
     task = spec["params"]["task"]
-    return _summary(run_singles(space, out, config, tasks=[task], device=device)[task])
+    return asdict(run_singles(space, out, config, tasks=[task], device=device)[task])
 
 
 @register_job_kind("train_tree")
@@ -72,10 +75,10 @@ def _train_tree(spec: Mapping[str, Any]) -> Dict[str, Any]:
     space, config, out, device = _unpack(spec)
     p = spec["params"]
     tree = Tree.from_json(p["tree"], tasks=space.task_names, depth=space.depth)
-    return _summary(run_tree(space, tree, out, config, p["name"], device=device, extra=p["extra"]))
+    return asdict(run_tree(space, tree, out, config, p["name"], device=device, extra=p["extra"]))
 
 
 @register_job_kind("train_baseline")
 def _train_baseline(spec: Mapping[str, Any]) -> Dict[str, Any]:
     space, config, out, device = _unpack(spec)
-    return _summary(run_baseline(space, spec["params"]["name"], out, config, device=device))
+    return asdict(run_baseline(space, spec["params"]["name"], out, config, device=device))

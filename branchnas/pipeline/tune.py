@@ -42,11 +42,22 @@ used for selection.
 is worse than the median of earlier trials at epoch e stops. Pruned trials count toward
 the budget. Trials that diverge (the trainer stops on a non-finite loss) count as failed.
 
-**Jobs**: each trial is a ``tune_trial`` job (:mod:`branchnas.pipeline.jobs`), run in this
-process or by queue workers (:mod:`branchnas.pipeline.queue`). The tuning study lives on
-the queue's storage when there is one (study ``tune:<space>:<model>``), else in a journal
-file beside the results. A job killed mid-trial resumes the same optuna trial (same
-settings) from its last checkpoint.
+**Execution** (optuna's ask-and-tell): the driver asks the study for a trial, draws its
+settings, and submits a ``tune_trial`` job (:mod:`branchnas.pipeline.jobs`) to the executor
+(:mod:`branchnas.pipeline.executor`: this process, local processes, or Ray tasks spread over
+a cluster); when the job returns, the driver tells the study. It keeps as many trials in
+flight as the executor runs jobs (the TPE sampler's ``constant_liar`` spreads them out).
+*Pruning* happens inside the job, mid-training: after each epoch it reports the objective
+(``trial.report``) and asks ``trial.should_prune()`` through the study's storage, which
+every job can reach (a journal file beside the results, on the shared file system of a
+cluster, or the database). We chose that over returning the curve and letting the driver
+replay it, because a replayed curve can only prune a trial that has already spent its
+epochs. The study (``tune:<space>:<model>``) lives in ``--storage`` when given (SQLite,
+PostgreSQL: optuna's RDB storage with its heartbeat and ``RetryFailedTrialCallback``, so
+several drivers can share it and a dead driver's trials are re-run), else in a journal file
+beside the results (one driver at a time). Each trial trains in its own run directory,
+``trial-<n>``, shared by the retries of trial n, so a job whose worker died, or a tuning run
+again after its driver died, resumes the trial from its checkpoint.
 
 **Output**: ``<out_dir>/tuned/<space>/<model-slug>.json`` (:func:`tuned_path`)::
 
@@ -62,19 +73,21 @@ settings) from its last checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-import re
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import BranchnasError
-from .jobs import JobSpec, current_job, make_job, register_job_kind
-from .queue import DEFAULT_STUDY, redact_url, run_jobs
+from ..training.rundir import atomic_write_text
+from .layout import RunLayout, model_slug
+from .resolve import DEFAULT_TRIALS, read_tuned, resolve_training
+from .jobs import JobSpec, make_job, register_job_kind
 
 __all__ = [
     "DEFAULT_TRIALS",
@@ -84,7 +97,12 @@ __all__ = [
     "PRUNER_WARMUP_EPOCHS",
     "OBJECTIVE",
     "tune",
-    "tune_jobs",
+    "run_tune_trial",
+    "open_storage",
+    "redact_url",
+    "HEARTBEAT_INTERVAL",
+    "GRACE_PERIOD",
+    "TRIAL_RETRIES",
     "summarise_tuning",
     "tuned_path",
     "load_tuned",
@@ -103,7 +121,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-DEFAULT_TRIALS = 20  # tuning trials per model: the same for every compared method
+# DEFAULT_TRIALS (trials per model, the same for every compared method) is the resolver's
 HOLDOUT = 0.2  # fraction of the training split held out to score trials
 PRUNER_STARTUP_TRIALS = 4  # finished trials before the median pruner may prune
 PRUNER_WARMUP_EPOCHS = 1  # epochs a trial always runs before it may be pruned
@@ -124,26 +142,6 @@ OBJECTIVE = ("mean over tasks of holdout loss / the initial network's holdout lo
 # ----------------------------------------------------------------------------- naming
 
 
-def model_slug(model: str) -> str:
-    """A file-name-safe name for a model id (``tree:<path>`` uses a hash of the file's tree,
-    so the same tree gets the same name wherever it lies)."""
-    kind, sep, arg = model.partition(":")
-    if kind == "tree" and sep:
-        from ..tree import Tree
-
-        try:
-            text = Tree.load(arg).dumps()
-        except BranchnasError:
-            text = arg
-        return "tree-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:10]
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-")
-    if not slug:
-        raise BranchnasError(
-            f"model id {model!r} is empty; give e.g. single:<task>, tree:<file> or shared"
-        )
-    return slug
-
-
 def _space_ref(space: Any) -> Tuple[str, str]:
     """``(reference a worker can load, the space's name)`` of a space, its name or TOML path."""
     if isinstance(space, (str, os.PathLike)):
@@ -159,7 +157,7 @@ def _space_name(space: Any) -> str:
     return _space_ref(space)[1]
 
 
-def tuned_path(out_dir: PathLike, space: Any, model: str) -> Path:
+def tuned_path(out_dir: PathLike, space: Any, model: Any) -> Path:
     """``<out_dir>/tuned/<space name>/<model slug>.json``.
 
     Args:
@@ -167,23 +165,18 @@ def tuned_path(out_dir: PathLike, space: Any, model: str) -> Path:
         space: a ``SearchSpace``, its name, or its TOML path.
         model: a model id (:func:`build_model`).
     """
-    return Path(out_dir) / "tuned" / _space_name(space) / f"{model_slug(model)}.json"
+    return RunLayout(out_dir).tuned(_space_name(space), model)
 
 
-def load_tuned(out_dir: PathLike, space: Any, model: str) -> Optional[Dict[str, Any]]:
+def load_tuned(out_dir: PathLike, space: Any, model: Any) -> Optional[Dict[str, Any]]:
     """The tuning result of ``model`` (the JSON written by :func:`tune`), or None."""
-    path = tuned_path(out_dir, space, model)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        raise BranchnasError(f"{path} is not valid JSON; delete it and tune again") from None
+    return read_tuned(tuned_path(out_dir, space, model))
 
 
-def tuned_overrides(out_dir: PathLike, space: Any, model: str) -> Dict[str, Any]:
-    """The tuned training settings of ``model`` ({} when it was not tuned), to merge as
-    ``TrainConfig.from_sources(space.training, {**tuned, **command_line})``."""
+def tuned_overrides(out_dir: PathLike, space: Any, model: Any) -> Dict[str, Any]:
+    """The tuned training settings of ``model`` ({} when it was not tuned). Commands merge
+    them through :func:`branchnas.pipeline.resolve.resolve_training` (space < profile <
+    tuned < command line)."""
     tuned = load_tuned(out_dir, space, model)
     return dict(tuned["settings"]) if tuned else {}
 
@@ -195,11 +188,10 @@ def tuning_study_name(space_name: str, model: str) -> str:
 
 def tuning_storage_url(out_dir: PathLike, space_name: str, model: str,
                        storage: Optional[str] = None) -> str:
-    """Where the tuning study lives: the queue's storage, else a journal file beside the result."""
+    """Where the tuning study lives: ``storage`` when given, else a journal file beside the result."""
     if storage is not None:
         return storage
-    path = Path(out_dir).resolve() / "tuned" / space_name / f"{model_slug(model)}.journal"
-    return f"journal:{path}"
+    return f"journal:{RunLayout(Path(out_dir).resolve()).tuning_journal(space_name, model)}"
 
 
 # ----------------------------------------------------------------------------- models
@@ -344,10 +336,92 @@ def _default_params(config: Any, batch_sizes: Sequence[int]) -> Optional[Dict[st
 # ----------------------------------------------------------------------------- study
 
 
+HEARTBEAT_INTERVAL = 60  # seconds: a database storage's heartbeat of each trial in flight
+GRACE_PERIOD = 300  # seconds without a heartbeat after which a trial's driver counts as dead
+TRIAL_RETRIES = 3  # optuna's RetryFailedTrialCallback: reruns of a trial whose driver died
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and result files)."""
+    text = str(url)
+    if "://" not in text:
+        return text
+    scheme, rest = text.split("://", 1)
+    creds, sep, host = rest.rpartition("@")
+    if not sep or ":" not in creds:
+        return text
+    return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+
+
+_STORAGES: Dict[Tuple[str, int], Any] = {}
+
+
+def open_storage(url: str) -> Any:
+    """The optuna storage behind ``url`` (one object per URL and process).
+
+    ``journal:<path>`` is a journal file (the default, beside the results; on a cluster it
+    lies on the shared file system). ``sqlite:///path.db`` and ``postgresql://...`` are
+    optuna's RDB storage with its heartbeat (:data:`HEARTBEAT_INTERVAL`,
+    :data:`GRACE_PERIOD`) and ``RetryFailedTrialCallback``, so several drivers may share one
+    study and the trials of a driver that died are run again by another.
+
+    Raises:
+        BranchnasError: for an unknown scheme, a missing driver or an unreachable database.
+    """
+    import optuna
+
+    key = (str(url), os.getpid())
+    if key in _STORAGES:
+        return _STORAGES[key]
+    text = str(url)
+    if text.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(text[len("journal:"):].removeprefix("//"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage: Any = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    elif text.startswith(("sqlite:///", "postgresql", "postgres://", "mysql")):
+        if text.startswith("postgres://"):  # SQLAlchemy knows only "postgresql"
+            text = "postgresql" + text[len("postgres"):]
+        if text.startswith("sqlite:///"):
+            Path(text[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        retry_cls, retry_kw = _retry_callback()
+        try:
+            with warnings.catch_warnings():  # optuna marks the heartbeat experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                storage = optuna.storages.RDBStorage(
+                    text, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD,
+                    **{retry_kw: retry_cls(max_retry=TRIAL_RETRIES)},
+                    engine_kwargs={"pool_pre_ping": True} if not text.startswith("sqlite") else
+                    {"connect_args": {"timeout": 120}})
+        except ImportError as exc:
+            raise BranchnasError(f"storage {redact_url(text)} needs a database driver ({exc}); "
+                                 "for PostgreSQL: pip install -e .[postgres]") from None
+        except Exception as exc:  # SQLAlchemy's errors
+            raise BranchnasError(f"cannot open storage {redact_url(text)} ({type(exc).__name__}: "
+                                 f"{exc}); check that the database runs and the URL is right") from None
+    else:
+        raise BranchnasError(f"storage {redact_url(text)!r} is not supported; use "
+                             "sqlite:///path.db or postgresql://user:password@host/database")
+    _STORAGES[key] = storage
+    return storage
+
+
+def _retry_callback() -> Tuple[Any, str]:
+    """optuna's callback re-enqueueing a stale trial, and the RDBStorage argument taking it
+    (``RetryHeartbeatStaleTrialCallback`` since optuna 4.9, ``RetryFailedTrialCallback`` before)."""
+    import optuna
+
+    if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+        return optuna.storages.RetryHeartbeatStaleTrialCallback, "heartbeat_stale_trial_callback"
+    return optuna.storages.RetryFailedTrialCallback, "failed_trial_callback"
+
+
 def _sampler_and_pruner(trials: int, seed: int, pruner_startup: int,
                         pruner_warmup: int) -> Tuple[Any, Any]:
     import optuna
 
+    # constant_liar: trials in flight count as bad guesses, so parallel trials spread out
     sampler = optuna.samplers.TPESampler(
         seed=seed, n_startup_trials=max(2, min(10, trials // 2)), constant_liar=True
     )
@@ -362,8 +436,6 @@ def _load_study(storage: str, name: str, trials: int, seed: int,
                 pruner_warmup: int = PRUNER_WARMUP_EPOCHS) -> Any:
     import optuna
 
-    from .queue import open_storage
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler, pruner = _sampler_and_pruner(trials, seed, pruner_startup, pruner_warmup)
     return optuna.create_study(storage=open_storage(storage), study_name=name, direction="minimize",
@@ -377,16 +449,11 @@ def _datasets(space: Any, tasks: Sequence[str], dataset_kwargs: Mapping[str, Any
     import torch
     from torch.utils.data import Subset
 
-    from ..data import create_dataset
+    from ..training.single import space_dataset
 
     if not 0 < holdout < 1:
         raise BranchnasError(f"holdout must be in (0, 1), got {holdout}")
-    if not space.dataset_name:
-        raise BranchnasError(
-            f"search space {space.name!r} names no dataset; add [dataset] name = ... to its file"
-        )
-    kwargs = {**space.dataset_kwargs, **dict(dataset_kwargs)}
-    full = create_dataset(space.dataset_name, split="train", tasks=list(tasks), **kwargs)
+    full = space_dataset(space, "train", tasks, dataset_kwargs)
     n = len(full)
     n_hold = max(1, round(holdout * n))
     if n - n_hold < 1:
@@ -405,95 +472,274 @@ def _batch_sizes(n_train: int) -> List[int]:
 # ----------------------------------------------------------------------------- the job
 
 
+def _worker_trial(storage: Any, study: Any, name: str, number: int) -> Tuple[Any, int]:
+    """The driver's trial ``number`` as a :class:`optuna.trial.Trial` in a job's process, and
+    its id (through the storage's public lookups: study id by name, trial id by number)."""
+    import optuna
+
+    study_id = storage.get_study_id_from_name(name)
+    trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+    return optuna.trial.Trial(study, trial_id), trial_id
+
+
 @register_job_kind("tune_trial")
 def run_tune_trial(spec: JobSpec) -> Dict[str, Any]:
-    """Executor of a ``tune_trial`` job: one optuna trial (ask, train with pruning, tell).
+    """A ``tune_trial`` job: train one trial's settings, reporting each epoch's objective.
 
-    Params: ``space``, ``model``, ``storage`` and ``study`` (the tuning study), ``trials``
-    (the budget, for the sampler's settings), ``overrides`` (training settings under the
-    tuned ones, e.g. epochs), ``dataset`` (dataset keyword arguments over the space's),
-    ``holdout``, ``sampler_seed``, ``pruner_startup_trials``, ``pruner_warmup_epochs``,
-    ``device``.
+    The driver asked the study for the trial and drew its ``settings``; this trains them into
+    the job's run directory and, after each epoch, reports the objective to the study
+    (``trial.report``) and stops when the pruner says so (``trial.should_prune``), through the
+    study's storage (the journal file on the shared file system, or the database), so a trial
+    on any node is pruned mid-training. The driver tells the study the outcome.
+
+    Params: ``space``, ``model``, ``storage`` and ``study``, ``trial`` (its number),
+    ``settings``, ``overrides``, ``dataset``, ``holdout``, ``trials``, ``sampler_seed``,
+    ``pruner_startup_trials``, ``pruner_warmup_epochs``, ``device``.
 
     Returns:
-        ``{"value", "state" (COMPLETE | PRUNED | FAIL), "trial", "settings", "epochs_run",
-        "metrics" (holdout metrics when complete), "error" (when failed)}``.
+        ``{"state": COMPLETE | PRUNED | FAIL, "value", "curve" (objective per epoch from 1),
+        "trial", "settings", "epochs_run", "metrics" (when complete), "error" (when failed)}``;
+        a complete trial's result is its run directory's ``done``.
     """
     import optuna
-    from optuna.trial import TrialState
 
     from ..spaces import load_space
-    from ..training import TrainConfig, train
+    from ..training import train
 
     p = spec["params"]
-    out = Path(spec["out_dir"])
-    study = _load_study(p["storage"], p["study"], int(p["trials"]), int(p.get("sampler_seed", 0)),
-                        int(p.get("pruner_startup_trials", PRUNER_STARTUP_TRIALS)),
-                        int(p.get("pruner_warmup_epochs", PRUNER_WARMUP_EPOCHS)))
-    record_path = out / "trial.json"
-    trial = None
-    if record_path.is_file():  # a retry: the same optuna trial, if it is still open
-        number = int(json.loads(record_path.read_text(encoding="utf-8"))["number"])
-        frozen = study.get_trials(deepcopy=False)[number]
-        if frozen.state.is_finished():
-            return _trial_result(frozen)
-        trial = optuna.trial.Trial(study, frozen._trial_id)
-        log.info("tune: resuming trial %d of %s", number, p["study"])
-    if trial is None:
-        trial = study.ask()
-        out.mkdir(parents=True, exist_ok=True)
-        record_path.write_text(json.dumps({"number": trial.number}) + "\n", encoding="utf-8")
-
+    storage = open_storage(p["storage"])
+    _, pruner = _sampler_and_pruner(int(p["trials"]), int(p["sampler_seed"]),
+                                    int(p["pruner_startup_trials"]), int(p["pruner_warmup_epochs"]))
+    study = optuna.load_study(study_name=p["study"], storage=storage, pruner=pruner)
+    trial, trial_id = _worker_trial(storage, study, p["study"], int(p["trial"]))
+    settings = dict(p["settings"])
     space = load_space(p["space"])
-    base = TrainConfig.from_sources(space.training, p.get("overrides") or {})
+    base = resolve_training(space, overrides=p.get("overrides") or {})
     net, tasks = build_model(space, p["model"], seed=base.seed)
     train_set, hold_set = _datasets(space, [t.name for t in tasks], p.get("dataset") or {},
-                                    float(p.get("holdout", HOLDOUT)))
-    settings = suggest_settings(trial, base.epochs, _batch_sizes(len(train_set)))
+                                    float(p["holdout"]))
     config = base.replace(**settings, eval_every=base.epochs, progress=False)
     device = p.get("device")
-    ctx = current_job()
     eval_kw = {"device": device, "batch_size": config.eval_batch_size,
                "max_batches": config.max_val_batches}
     reference = validation_losses(net, tasks, hold_set, **eval_kw)
-    values: List[float] = []
+    curve: Dict[int, float] = {}
+    reported = set(storage.get_trial(trial_id).intermediate_values)  # by an attempt that died
 
     def on_epoch_end(record: Mapping[str, Any]) -> None:
-        if ctx is not None:
-            ctx.check()
+        epoch = int(record["epoch"])
         value = normalised_objective(validation_losses(net, tasks, hold_set, **eval_kw), reference)
-        values.append(value)
+        curve[epoch] = value
         if not math.isfinite(value):
-            raise BranchnasError(f"the holdout loss is not finite after epoch {record['epoch']}")
-        trial.report(value, int(record["epoch"]))
+            raise BranchnasError(f"the holdout loss is not finite after epoch {epoch}")
+        if epoch not in reported:  # a resumed attempt trains the epochs after the checkpoint
+            trial.report(value, epoch)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {record['epoch']}")
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
 
-    meta = {"stage": "tune", "space": space.name, "model": p["model"], "trial": trial.number}
+    def outcome(state: str, **extra: Any) -> Dict[str, Any]:
+        # the epochs an earlier attempt reported before its worker died, then this attempt's
+        full = {**{int(k): v for k, v in storage.get_trial(trial_id).intermediate_values.items()},
+                **curve}
+        steps = sorted(full)
+        return {"state": state, "value": full[steps[-1]] if steps else None,
+                "curve": [full[s] for s in steps], "trial": int(p["trial"]), "settings": settings,
+                "epochs_run": steps[-1] if steps else 0, **extra}
+
+    def complete(raw: Mapping[str, Any]) -> Dict[str, Any]:
+        last = config.epochs
+        if last not in curve and last not in storage.get_trial(trial_id).intermediate_values:
+            # an attempt stopped between the last checkpoint and its report: score it now
+            curve[last] = normalised_objective(
+                validation_losses(net, tasks, hold_set, **eval_kw), reference)
+            trial.report(curve[last], last)
+        return outcome("COMPLETE", metrics={t.name: raw[t.name] for t in tasks})
+
+    meta = {"stage": "tune", "space": space.name, "model": p["model"], "run": Path(spec["out_dir"]).name}
     try:
-        result = train(net, tasks, train_set, hold_set, config, out / "run", device,
-                       meta=meta, on_epoch_end=on_epoch_end)
+        return train(net, tasks, train_set, hold_set, config, spec["out_dir"], device, meta=meta,
+                     on_epoch_end=on_epoch_end, finalize=complete)
     except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
-        log.info("tune %s: trial %d pruned", p["model"], trial.number)
-        return _trial_result(study.get_trials(deepcopy=False)[trial.number])
+        log.info("tune %s: trial %s pruned", p["model"], p["trial"])
+        return outcome("PRUNED")
     except BranchnasError as exc:
-        study.tell(trial, state=TrialState.FAIL)
-        log.warning("tune %s: trial %d failed: %s", p["model"], trial.number, exc)
-        return {**_trial_result(study.get_trials(deepcopy=False)[trial.number]), "error": str(exc)}
-    if not values:  # the run was done before (its epochs reported by an earlier attempt)
-        frozen = study.get_trials(deepcopy=False)[trial.number]
-        last = max(frozen.intermediate_values) if frozen.intermediate_values else None
-        if last is not None:
-            values.append(frozen.intermediate_values[last])
+        log.warning("tune %s: trial %s failed: %s", p["model"], p["trial"], exc)
+        return outcome("FAIL", error=str(exc))
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+@dataclass
+class _Tuning:
+    """One model's tuning as the driver runs it: the study, its budget and the trial jobs' params."""
+
+    study: Any
+    trials: int
+    epochs: int
+    batch_sizes: List[int]
+    params: Dict[str, Any]
+    root: Path
+    resources: Dict[str, float]
+
+
+def _prepare(space: Any, model: str, trials: int, out_dir: PathLike, storage: Optional[str],
+             overrides: Optional[Mapping[str, Any]], dataset: Optional[Mapping[str, Any]],
+             holdout: float, sampler_seed: int, pruner_startup_trials: int,
+             pruner_warmup_epochs: int, device: Optional[str]) -> _Tuning:
+    """Check the settings, open (or create) the study, check its budget, seed the default."""
+    from ..spaces import load_space
+    from .executors import job_resources
+
+    if trials < 1:
+        raise BranchnasError(f"tuning needs at least 1 trial, got {trials}")
+    if pruner_startup_trials < 0 or pruner_warmup_epochs < 0:
+        raise BranchnasError("pruner_startup_trials and pruner_warmup_epochs must be >= 0")
+    ref, name = _space_ref(space)
+    loaded = load_space(ref)
+    overrides = dict(overrides or {})
+    tuned_keys = {"optimizer", "lr", "batch_size", "schedule", "step_size", "gamma", "momentum"}
+    clash = sorted(tuned_keys & set(overrides))
+    if clash:
+        raise BranchnasError(f"{', '.join(clash)} are tuned; do not fix them when tuning")
+    base = resolve_training(loaded, overrides=overrides)  # the resolver's order and checks
+    build_model(loaded, model)  # an unknown model id fails here, before any work
+    url = tuning_storage_url(out_dir, name, model, storage)
+    study_name = tuning_study_name(name, model)
+    study = _load_study(url, study_name, trials, sampler_seed, pruner_startup_trials,
+                        pruner_warmup_epochs)
+    budget = json.loads(json.dumps({
+        "trials": trials, "epochs": base.epochs, "overrides": overrides,
+        "dataset": dict(dataset or {}), "holdout": holdout, "sampler_seed": sampler_seed,
+        "pruner_startup_trials": pruner_startup_trials,
+        "pruner_warmup_epochs": pruner_warmup_epochs}))
+    stored = study.user_attrs.get("budget")
+    if stored is None:
+        study.set_user_attr("budget", budget)
+    elif stored != budget:
+        diff = sorted(k for k in set(stored) | set(budget) if stored.get(k) != budget.get(k))
+        raise BranchnasError(
+            f"the tuning of {model} in {redact_url(url)} was started with another budget "
+            f"({', '.join(diff)} differ); tune again with the same settings or another out_dir"
+        )
+    batch_sizes = _batch_sizes(_tuning_train_size(loaded, model, dataset or {}, holdout))
+    if not study.get_trials(deepcopy=False):  # first time: try the untuned default first
+        default = _default_params(base, batch_sizes)
+        if default is not None:
+            study.enqueue_trial(default, user_attrs={"default": True})
+    params = {"space": ref, "model": model, "storage": url, "study": study_name,
+              "trials": trials, "overrides": overrides, "dataset": dict(dataset or {}),
+              "holdout": holdout, "sampler_seed": sampler_seed,
+              "pruner_startup_trials": pruner_startup_trials,
+              "pruner_warmup_epochs": pruner_warmup_epochs, "device": device}
+    return _Tuning(study=study, trials=trials, epochs=base.epochs, batch_sizes=batch_sizes,
+                   params=params, root=RunLayout(out_dir).tuned_dir(name) / model_slug(model),
+                   resources=job_resources(base))
+
+
+def _root_number(frozen: Any) -> int:
+    """The trial a trial re-runs (optuna's RetryFailedTrialCallback), else its own number:
+    retries of one trial share its run directory, so they resume its checkpoint."""
+    import optuna
+
+    with warnings.catch_warnings():  # "experimental" since optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        root = _retry_callback()[0].retried_trial_number(frozen)
+    return frozen.number if root is None else int(root)
+
+
+def _trial_job(t: _Tuning, number: int, root: int, settings: Mapping[str, Any]) -> JobSpec:
+    return make_job("tune_trial", {**t.params, "trial": number, "settings": dict(settings)},
+                    t.root / f"trial-{root:03d}", t.resources)
+
+
+def _latest_attempts(frozen: Sequence[Any]) -> Dict[int, Any]:
+    """Per root trial, its latest attempt (the trial the budget counts)."""
+    latest: Dict[int, Any] = {}
+    for f in sorted(frozen, key=lambda f: f.number):
+        latest[_root_number(f)] = f
+    return latest
+
+
+def _drive(t: _Tuning, executor: Any) -> List[Dict[str, Any]]:
+    """Ask, submit, tell until the budget's trials are done; returns the jobs' results.
+
+    Keeps ``executor.parallelism`` trials in flight. A trial left running by a driver that
+    died is submitted again (journal storage: one driver per study, so every running trial
+    is an orphan; database storage: optuna's heartbeat fails stale trials and its
+    RetryFailedTrialCallback enqueues them again); its run directory resumes or is done.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    import optuna
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    study = t.study
+    storage = open_storage(t.params["storage"])
+    beating = isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval()
+    in_flight: Dict[Any, Tuple[int, int]] = {}  # future -> (trial number, trial id)
+    results: List[Dict[str, Any]] = []
+    study_id = storage.get_study_id_from_name(t.params["study"])
+
+    def submit(frozen_or_trial: Any, settings: Mapping[str, Any]) -> None:
+        number = frozen_or_trial.number
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, number)
+        if beating:
+            storage.record_heartbeat(trial_id)
+        root = _root_number(study.get_trials(deepcopy=False)[number])
+        in_flight[executor.submit(_trial_job(t, number, root, settings))] = (number, trial_id)
+
+    if not beating:  # journal: running trials were asked by a driver that is gone
+        for f in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            log.info("tune: trial %d was left running; submitting it again", f.number)
+            submit(f, _settings_of(f))
+    while True:
+        if beating:
+            with warnings.catch_warnings():  # "experimental" since optuna 2.9
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(study)  # optuna's: stale trials fail, their retries are enqueued
+            for number, trial_id in in_flight.values():
+                storage.record_heartbeat(trial_id)
+        frozen = study.get_trials(deepcopy=False)
+        waiting = sum(f.state == TrialState.WAITING for f in frozen)
+        to_ask = waiting + max(0, t.trials - len(_latest_attempts(frozen)))
+        while to_ask > 0 and len(in_flight) < executor.parallelism:
+            with warnings.catch_warnings():
+                # optuna warns that heartbeats are meant for Study.optimize; here the driver
+                # records them itself for every trial it has in flight
+                warnings.simplefilter("ignore")
+                trial = study.ask()
+            submit(trial, suggest_settings(trial, t.epochs, t.batch_sizes))
+            to_ask -= 1
+        if not in_flight:
+            return results
+        finished, _ = wait(list(in_flight), timeout=HEARTBEAT_INTERVAL if beating else None,
+                           return_when=FIRST_COMPLETED)
+        for future in finished:
+            number, _ = in_flight.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:  # the job crashed (not a diverged trial: that is FAIL below)
+                log.warning("tune: trial %d failed: %s", number, exc)
+                result = {"state": "FAIL", "trial": number, "error": f"{type(exc).__name__}: {exc}"}
+            results.append(result)
+            _tell(study, number, result)
+
+
+def _tell(study: Any, number: int, result: Mapping[str, Any]) -> None:
+    from optuna.trial import TrialState
+
+    state = result.get("state")
+    try:
+        if state == "COMPLETE":
+            study.tell(number, float(result["value"]))
+        elif state == "PRUNED":
+            study.tell(number, state=TrialState.PRUNED)
         else:
-            values.append(normalised_objective(
-                validation_losses(net, tasks, hold_set, **eval_kw), reference))
-    study.tell(trial, values[-1])
-    metrics = {t.name: result[t.name] for t in tasks}
-    log.info("tune %s: trial %d objective %.4f with %s", p["model"], trial.number, values[-1],
-             settings)
-    return {**_trial_result(study.get_trials(deepcopy=False)[trial.number]), "metrics": metrics}
+            study.tell(number, state=TrialState.FAIL)
+    except (ValueError, RuntimeError) as exc:  # finished already (e.g. failed as stale meanwhile)
+        log.warning("tune: cannot record trial %d (%s); keeping the study's record", number, exc)
 
 
 def _settings_of(frozen: Any) -> Dict[str, Any]:
@@ -514,105 +760,12 @@ def _settings_of(frozen: Any) -> Dict[str, Any]:
     return settings
 
 
-def _trial_result(frozen: Any) -> Dict[str, Any]:
-    steps = sorted(frozen.intermediate_values)
-    value = frozen.value if frozen.value is not None else (
-        frozen.intermediate_values[steps[-1]] if steps else None)
-    return {"value": value, "state": frozen.state.name, "trial": frozen.number,
-            "settings": _settings_of(frozen), "epochs_run": steps[-1] if steps else 0}
-
-
-# ----------------------------------------------------------------------------- driver
-
-
-def tune_jobs(
-    space: Any,
-    model: str,
-    trials: int = DEFAULT_TRIALS,
-    out_dir: PathLike = "runs",
-    *,
-    storage: Optional[str] = None,
-    overrides: Optional[Mapping[str, Any]] = None,
-    dataset: Optional[Mapping[str, Any]] = None,
-    holdout: float = HOLDOUT,
-    sampler_seed: int = 0,
-    pruner_startup_trials: int = PRUNER_STARTUP_TRIALS,
-    pruner_warmup_epochs: int = PRUNER_WARMUP_EPOCHS,
-    device: Optional[str] = None,
-) -> List[JobSpec]:
-    """The ``tune_trial`` jobs of one model's tuning (creates its study, seeds the default).
-
-    Args:
-        space: a search-space name or TOML path (what workers load), or a ``SearchSpace``.
-        model: a model id (:func:`build_model`).
-        trials: the budget: trials per model, the same for every compared method.
-        out_dir: the run's root; trials go to ``<out_dir>/tuned/<space>/<slug>/trial-<i>``.
-        storage: the queue's storage URL (the tuning study is kept there); None: a journal
-            file beside the result (jobs run in this process).
-        overrides: training settings that are not tuned (e.g. ``{"epochs": 4}``).
-        dataset: dataset keyword arguments over the space's (e.g. a smaller ``size``).
-        holdout: fraction of the training split that scores the trials.
-        sampler_seed: the TPE sampler's seed.
-        pruner_startup_trials: finished trials before the median pruner may prune.
-        pruner_warmup_epochs: epochs a trial always runs before it may be pruned.
-        device: where trials train (None: CUDA when available).
-
-    Returns:
-        ``trials`` job specs.
-    """
-    from ..spaces import load_space
-    from ..training import TrainConfig
-
-    if trials < 1:
-        raise BranchnasError(f"tuning needs at least 1 trial, got {trials}")
-    ref, name = _space_ref(space)
-    loaded = load_space(ref)
-    overrides = dict(overrides or {})
-    tuned_keys = {"optimizer", "lr", "batch_size", "schedule", "step_size", "gamma", "momentum"}
-    clash = sorted(tuned_keys & set(overrides))
-    if clash:
-        raise BranchnasError(f"{', '.join(clash)} are tuned; do not fix them when tuning")
-    base = TrainConfig.from_sources(loaded.training, overrides)
-    url = tuning_storage_url(out_dir, name, model, storage)
-    study_name = tuning_study_name(name, model)
-    if pruner_startup_trials < 0 or pruner_warmup_epochs < 0:
-        raise BranchnasError("pruner_startup_trials and pruner_warmup_epochs must be >= 0")
-    study = _load_study(url, study_name, trials, sampler_seed)
-    budget = {"trials": trials, "epochs": base.epochs, "overrides": overrides,
-              "dataset": dict(dataset or {}), "holdout": holdout, "sampler_seed": sampler_seed,
-              "pruner_startup_trials": pruner_startup_trials,
-              "pruner_warmup_epochs": pruner_warmup_epochs}
-    budget = json.loads(json.dumps(budget))
-    stored = study.user_attrs.get("budget")
-    if stored is None:
-        study.set_user_attr("budget", budget)
-    elif stored != budget:
-        diff = sorted(k for k in set(stored) | set(budget) if stored.get(k) != budget.get(k))
-        raise BranchnasError(
-            f"the tuning of {model} in {redact_url(url)} was started with another budget "
-            f"({', '.join(diff)} differ); tune again with the same settings or another out_dir"
-        )
-    if not study.get_trials(deepcopy=False):  # first time: try the untuned default first
-        n_train = _tuning_train_size(loaded, model, dataset or {}, holdout)
-        default = _default_params(base, _batch_sizes(n_train))
-        if default is not None:
-            study.enqueue_trial(default, user_attrs={"default": True})
-    slug = model_slug(model)
-    root = Path(out_dir) / "tuned" / name / slug
-    params = {"space": ref, "model": model, "storage": url, "study": study_name, "trials": trials,
-              "overrides": overrides, "dataset": dict(dataset or {}), "holdout": holdout,
-              "sampler_seed": sampler_seed, "pruner_startup_trials": pruner_startup_trials,
-              "pruner_warmup_epochs": pruner_warmup_epochs, "device": device}
-    return [make_job("tune_trial", params, root / f"trial-{i:03d}") for i in range(trials)]
-
-
 def _tuning_train_size(space: Any, model: str, dataset: Mapping[str, Any], holdout: float) -> int:
-    from ..data import create_dataset
+    from ..training.single import space_dataset
 
     kind, sep, arg = model.partition(":")
     tasks = [arg] if kind == "single" and sep else None
-    kwargs = {**space.dataset_kwargs, **dict(dataset)}
-    n = len(create_dataset(space.dataset_name, split="train", tasks=tasks, **kwargs))
+    n = len(space_dataset(space, "train", tasks, dataset))
     return n - max(1, round(holdout * n))
 
 
@@ -623,10 +776,10 @@ def summarise_tuning(
     """Write :func:`tuned_path` from the tuning study; return what was written.
 
     Args:
-        space: as for :func:`tune_jobs`.
+        space: as for :func:`tune`.
         model: the model id.
         out_dir: the run's root.
-        storage: the queue's storage URL, when the study lives there.
+        storage: the storage URL, when the study lives in a database.
         results: the trial jobs' results (to name a trial error when nothing completed).
 
     Raises:
@@ -636,7 +789,6 @@ def summarise_tuning(
     from optuna.trial import TrialState
 
     from ..spaces import load_space
-    from ..training import TrainConfig
 
     ref, name = _space_ref(space)
     url = tuning_storage_url(out_dir, name, model, storage)
@@ -644,11 +796,11 @@ def summarise_tuning(
     budget = study.user_attrs.get("budget")
     if budget is None:
         raise BranchnasError(f"{model} has no tuning study in {redact_url(url)}; tune it first")
-    frozen = study.get_trials(deepcopy=False)
-    counts = {label: sum(t.state == state for t in frozen) for label, state in
+    counted = list(_latest_attempts(study.get_trials(deepcopy=False)).values())
+    counts = {label: sum(t.state == state for t in counted) for label, state in
               (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED),
                ("failed", TrialState.FAIL))}
-    complete = [t for t in frozen if t.state == TrialState.COMPLETE and t.value is not None]
+    complete = [t for t in counted if t.state == TrialState.COMPLETE and t.value is not None]
     if not complete:
         errors = [r.get("error") for r in (results or []) if r.get("error")]
         first = f"; first error: {errors[0]}" if errors else ""
@@ -657,7 +809,7 @@ def summarise_tuning(
             f"failed{first}); fix the cause and tune again"
         )
     best = min(complete, key=lambda t: (t.value, t.number))
-    base = TrainConfig.from_sources(load_space(ref).training, budget["overrides"])
+    base = resolve_training(load_space(ref), overrides=budget["overrides"])
     summary = {
         "space": name,
         "model": model,
@@ -673,10 +825,7 @@ def summarise_tuning(
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     path = tuned_path(out_dir, name, model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
     log.info("tuned %s on %s: %s (objective %.4f, trial %d); written to %s", model, name,
              summary["settings"], best.value, best.number, path)
     return summary
@@ -689,7 +838,6 @@ def tune(
     out_dir: PathLike = "runs",
     *,
     storage: Optional[str] = None,
-    queue_study: str = DEFAULT_STUDY,
     overrides: Optional[Mapping[str, Any]] = None,
     dataset: Optional[Mapping[str, Any]] = None,
     holdout: float = HOLDOUT,
@@ -697,23 +845,48 @@ def tune(
     pruner_startup_trials: int = PRUNER_STARTUP_TRIALS,
     pruner_warmup_epochs: int = PRUNER_WARMUP_EPOCHS,
     device: Optional[str] = None,
-    **wait_kwargs: Any,
+    executor: Any = None,
 ) -> Dict[str, Any]:
     """Tune ``model``'s training settings with ``trials`` trials; write and return the result.
 
-    Runs the trials in this process (``storage`` None; an interrupted tuning resumes where
-    it stopped) or enqueues them on the queue at ``storage`` and waits for workers
-    (:func:`~branchnas.pipeline.queue.wait_for` keyword arguments pass through).
-    See :func:`tune_jobs` for the arguments and the module docstring for what is tuned.
+    The driver (this call) asks the study for each trial and draws its settings, runs it as a
+    ``tune_trial`` job on ``executor`` (several at once when the executor runs several jobs;
+    on Ray they spread over the cluster) and tells the study the outcome. An interrupted
+    tuning, run again, resumes where it stopped: finished trials are kept, trials that were
+    running resume from their checkpoints.
+
+    Args:
+        space: a search-space name or TOML path (what jobs load), or a ``SearchSpace``.
+        model: a model id (:func:`build_model`).
+        trials: the budget: trials per model, the same for every compared method.
+        out_dir: the run's root; trials train in ``<out_dir>/tuned/<space>/<slug>/trial-<i>``.
+        storage: an optuna storage URL for the study (sqlite:///..., postgresql://...); None:
+            a journal file beside the result.
+        overrides: training settings that are not tuned (e.g. ``{"epochs": 4}``).
+        dataset: dataset keyword arguments over the space's (e.g. a smaller ``size``).
+        holdout: fraction of the training split that scores the trials.
+        sampler_seed: the TPE sampler's seed.
+        pruner_startup_trials: finished trials before the median pruner may prune.
+        pruner_warmup_epochs: epochs a trial always runs before it may be pruned.
+        device: where trials train (None: CUDA when available).
+        executor: an :class:`~branchnas.pipeline.executor.ExecutorConfig` or an executor
+            (None: trials one after another in this process).
 
     Returns:
         The content of :func:`tuned_path` (``settings`` are the best trial's).
     """
-    specs = tune_jobs(space, model, trials, out_dir, storage=storage, overrides=overrides,
-                      dataset=dataset, holdout=holdout, sampler_seed=sampler_seed,
-                      pruner_startup_trials=pruner_startup_trials,
-                      pruner_warmup_epochs=pruner_warmup_epochs, device=device)
-    results = run_jobs(specs, storage, queue_study, **wait_kwargs)
+    from .executor import Executor, ExecutorConfig
+
+    cfg = executor if isinstance(executor, ExecutorConfig) else None
+    if cfg is not None:
+        cfg.validate()
+    t = _prepare(space, model, trials, out_dir, storage, overrides, dataset, holdout,
+                 sampler_seed, pruner_startup_trials, pruner_warmup_epochs, device)
+    if isinstance(executor, Executor):
+        results = _drive(t, executor)
+    else:
+        with (cfg or ExecutorConfig()).create() as ex:
+            results = _drive(t, ex)
     return summarise_tuning(space, model, out_dir, storage=storage, results=results)
 
 
