@@ -1,25 +1,25 @@
-"""The results store: one ``result.json`` per trained model, gathered into a pandas table.
+"""The results store: each trained model's :class:`ModelResult`, gathered into a pandas table.
 
-Every training stage (a single-task network, a tree, a baseline) writes a :class:`ModelResult`
-into its run directory. :func:`results_table` scans a directory tree for them and returns one
+Every training stage (a single-task network, a tree, a baseline) stores its :class:`ModelResult`
+in its run directory's ``done`` marker (the one completion marker, written last by the
+trainer). :func:`results_table` scans a directory tree for those markers and returns one
 row per model with its parameters, FLOPs, Δm and per-task metrics (columns ``task/metric``),
-which is what the Pareto plot and the report read.
+which is what the Pareto plot and the report read. ``done`` markers of other runs (tuning
+trials) hold no ModelResult and are left out.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from ..errors import BranchnasError
+from ..training.rundir import RunDir
 
-__all__ = ["ModelResult", "write_result", "read_result", "results_table", "RESULT_FILE"]
-
-RESULT_FILE = "result.json"
+__all__ = ["ModelResult", "write_result", "read_result", "is_model_result", "model_result",
+           "results_table"]
 
 Metrics = Dict[str, Dict[str, float]]
 
@@ -53,30 +53,47 @@ class ModelResult:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+# the fields without a default: a done marker holding them all is a stored ModelResult
+_REQUIRED = ("model", "name", "space", "params", "flops", "metrics")
+
+
+def is_model_result(data: Any) -> bool:
+    """True when ``data`` (a ``done`` marker's JSON) is a stored :class:`ModelResult`."""
+    return isinstance(data, Mapping) and all(k in data for k in _REQUIRED)
+
+
 def write_result(run_dir: Union[str, Path], result: ModelResult) -> Path:
-    """Write ``result.json`` into ``run_dir`` atomically; returns its path."""
-    path = Path(run_dir) / RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".result-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(asdict(result), f, indent=2)
-    os.replace(tmp, path)
-    return path
+    """Store ``result`` as ``run_dir``'s ``done`` marker (atomically); returns its path.
+
+    The stages let the trainer write it (``train(finalize=...)``); this is for results made
+    elsewhere (a model trained outside the pipeline, tests)."""
+    run = RunDir(run_dir)
+    run.mark_done(asdict(result))
+    return run.done_path
 
 
-def read_result(path: Union[str, Path]) -> ModelResult:
-    """Read one ``result.json``.
+def read_result(run_dir: Union[str, Path]) -> ModelResult:
+    """The :class:`ModelResult` stored in ``run_dir``'s ``done`` marker.
 
     Raises:
-        BranchnasError: if the file is unreadable or lacks a field.
+        BranchnasError: if the marker is missing, unreadable or holds no ModelResult.
     """
-    p = Path(path)
+    path = RunDir(run_dir).done_path
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-        return ModelResult(**data)
-    except (OSError, json.JSONDecodeError, TypeError) as e:
-        raise BranchnasError(f"cannot read result file {str(p)!r} ({e}); "
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise BranchnasError(f"cannot read the result in {str(path)!r} ({e}); "
                              "delete it and re-run the stage that wrote it") from None
+    if not is_model_result(data):
+        raise BranchnasError(f"{str(path)!r} holds no model result (a run not made by a pipeline "
+                             "stage); delete it and re-run the stage")
+    return model_result(data)
+
+
+def model_result(data: Mapping[str, Any]) -> ModelResult:
+    """A :class:`ModelResult` from its stored form (a job's result, a ``done`` marker)."""
+    known = {f.name for f in fields(ModelResult)}
+    return ModelResult(**{k: v for k, v in data.items() if k in known})
 
 
 def results_table(root: Union[str, Path], space: Optional[str] = None) -> "Any":
@@ -86,14 +103,23 @@ def results_table(root: Union[str, Path], space: Optional[str] = None) -> "Any":
     run_dir, and one ``task/metric`` column per metric; extra fields are prefixed ``extra.``.
 
     Args:
-        root: a directory searched recursively for ``result.json`` files.
+        root: a directory searched recursively for ``done`` markers holding a ModelResult.
         space: keep only rows of this search space.
     """
     import pandas as pd
 
     rows: List[Dict[str, Any]] = []
-    for path in sorted(Path(root).rglob(RESULT_FILE)):
-        r = read_result(path)
+    for path in sorted(Path(root).rglob("done")):
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise BranchnasError(f"cannot read the result in {str(path)!r} ({e}); "
+                                 "delete it and re-run the stage that wrote it") from None
+        if not is_model_result(data):
+            continue  # a tuning trial's run, say: not a model of the comparison
+        r = read_result(path.parent)
         if space is not None and r.space != space:
             continue
         row: Dict[str, Any] = {
