@@ -206,7 +206,8 @@ def test_two_processes_equal_one_process_with_doubled_batch(
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     one = [json.loads(line)
            for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["images"] for r in records] == [N, N]
+    # the convergence rule holds out 2 of the N = 24 items: 22 left, 3 global batches of 6
+    assert [r["images"] for r in records] == [18, 18]
     for r, s in zip(records, one):
         for task in ("seg", "cls"):
             assert r["train_loss"][task] == pytest.approx(s["train_loss"][task], rel=1e-5)

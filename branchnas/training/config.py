@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -29,6 +30,7 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "AMP_MODES",
+    "MONITORS",
     "RUNTIME_FIELDS",
     "add_train_arguments",
     "overrides_from_args",
@@ -37,6 +39,7 @@ __all__ = [
 OPTIMIZERS: Tuple[str, ...] = ("adam", "sgd")
 SCHEDULES: Tuple[str, ...] = ("none", "step", "poly")
 AMP_MODES: Tuple[str, ...] = ("auto", "off", "bf16", "fp16")
+MONITORS: Tuple[str, ...] = ("metric", "loss")  # the convergence rule's held-out score
 
 RUNTIME_FIELDS = frozenset({"eval_batch_size", "eval_every", "num_workers", "progress", "threads"})
 """Fields that change how a run executes but not the weights it ends with; a run may be
@@ -59,7 +62,13 @@ class TrainConfig:
     lr: float = 2e-3  # initial learning rate
     momentum: float = 0.9  # SGD momentum; Adam ignores it
     weight_decay: float = 1e-4  # L2 penalty on model parameters (never on loss-weighting ones)
-    epochs: int = 8  # passes over the training set
+    epochs: int = 8  # the most passes over the training set (the convergence rule may stop sooner)
+    # The convergence rule (training.convergence), the same for every model the pipeline trains:
+    patience: int = 3  # epochs without a better held-out score before stopping (0: off, train all)
+    holdout_fraction: float = 0.1  # share of the TRAINING split held out, not trained on, watched
+    monitor: str = "metric"  # held-out score: "metric" (primary measures, as Δm) or "loss"
+    min_delta: float = 0.0  # smallest rise of that score that counts (Δm points, or loss units)
+    task_weights: Dict[str, float] = field(default_factory=dict)  # fixed loss weights, multi-task
     batch_size: int = 32  # images per training step
     schedule: str = "poly"  # learning-rate decay: "none", "step" or "poly"
     step_size: int = 30  # "step": epochs between two decays
@@ -86,6 +95,21 @@ class TrainConfig:
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("amp", self.amp, AMP_MODES)
+        _check_choice("monitor", self.monitor, MONITORS)
+        if self.patience < 0:
+            raise BranchnasError(f"training patience must be >= 0 (0: no early stopping), "
+                                 f"got {self.patience!r}")
+        if not 0 < self.holdout_fraction <= 0.5:
+            raise BranchnasError(f"training holdout_fraction must be in (0, 0.5], "
+                                 f"got {self.holdout_fraction!r}")
+        if not self.min_delta >= 0:
+            raise BranchnasError(f"training min_delta must be >= 0, got {self.min_delta!r}")
+        for task, value in self.task_weights.items():
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value < 0):
+                raise BranchnasError(
+                    f"training task_weights[{task!r}] must be a number >= 0, got {value!r}")
+        self.task_weights = {t: float(v) for t, v in self.task_weights.items()}
         for name in ("lr", "dwa_temperature", "poly_power"):
             if not getattr(self, name) > 0:
                 raise BranchnasError(f"training {name} must be > 0, got {getattr(self, name)!r}")
@@ -291,6 +315,17 @@ def _parse_task_size(text: str) -> Tuple[str, int]:
     return task, int(size)
 
 
+def _parse_task_weight(text: str) -> Tuple[str, float]:
+    task, sep, weight = text.partition("=")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = -1.0
+    if not sep or not task or not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected TASK=WEIGHT (e.g. keypoints=10), got {text!r}")
+    return task, value
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--<setting>`` option per :class:`TrainConfig` field (all default to unset).
 
@@ -307,11 +342,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument("--task-batch-size-for", dest="train_task_batch_sizes",
                                action="append", type=_parse_task_size, metavar="TASK=N",
                                help="async: labelled samples per update of one task (repeatable)")
+        elif name == "task_weights":
+            group.add_argument("--task-weight", dest="train_task_weights", action="append",
+                               type=_parse_task_weight, metavar="TASK=W",
+                               help="fixed loss weight of one task in multi-task models "
+                                    "(repeatable; others: 1)")
         elif "bool" in annotation:
             group.add_argument(flag, dest="train_" + name, type=_parse_bool, metavar="BOOL",
                                help=help_text)
-        elif name in ("optimizer", "schedule", "amp"):
-            choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES}[name]
+        elif name in ("optimizer", "schedule", "amp", "monitor"):
+            choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES,
+                       "monitor": MONITORS}[name]
             group.add_argument(flag, dest="train_" + name, choices=choices, help=help_text)
         elif "float" in annotation:
             group.add_argument(flag, dest="train_" + name, type=float, metavar="X", help=help_text)
@@ -328,5 +369,5 @@ def overrides_from_args(args: argparse.Namespace) -> Dict[str, Any]:
         value = getattr(args, "train_" + name, None)
         if value is None:
             continue
-        out[name] = dict(value) if name == "task_batch_sizes" else value
+        out[name] = dict(value) if name in ("task_batch_sizes", "task_weights") else value
     return out

@@ -42,14 +42,15 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from .._device import resolve_device  # the one device resolver (re-exported here)
 from ..errors import BranchnasError
 from . import ddp
 from .async_updates import SHARED, AsyncUpdater
 from .config import RUNTIME_FIELDS, TrainConfig
-from .rundir import RunDir
+from .convergence import Convergence, holdout_split
+from .rundir import RunDir, atomic_write_with
 from .tensorboard import TensorBoardLog
 from .weighting import ScaledWeighting, Weighting, create_weighting
 
@@ -68,6 +69,7 @@ Batch = Dict[str, Any]
 EpochCallback = Callable[[Dict[str, Any]], None]
 
 CHECKPOINT_FORMAT = 1
+BEST_FORMAT = 1  # checkpoints/best.pt: {"format", "epoch", "score", "model", "weighting"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -296,6 +298,18 @@ def evaluate(
         ``{task: {metric: value}}``.
     """
     dev = resolve_device(device)
+    metrics, _ = _eval_pass(model, tasks, dataset, dev, batch_size, collate_fn, max_batches, amp,
+                            num_workers, with_loss=False)
+    return metrics
+
+
+def _eval_pass(
+    model: nn.Module, tasks: Sequence[Any], dataset: Any, dev: torch.device, batch_size: int,
+    collate_fn: Optional[Callable[[List[Any]], Batch]], max_batches: Optional[int], amp: str,
+    num_workers: int, with_loss: bool,
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Optional[float]]]:
+    """One pass over ``dataset`` in eval mode: each task's metrics and, with ``with_loss``,
+    its mean loss over the labelled samples (None for a task labelled nowhere)."""
     names = _task_names(tasks)
     amp_dtype = resolve_amp(amp, dev)
     loader = DataLoader(
@@ -304,6 +318,8 @@ def evaluate(
         generator=torch.Generator().manual_seed(0),  # keeps workers off the global RNG
     )
     meters = {t.name: t.meter() for t in tasks}
+    loss_sum = {t: 0.0 for t in names}
+    loss_n = {t: 0 for t in names}
     was_training = model.training
     model.eval()
     try:
@@ -315,11 +331,18 @@ def evaluate(
                 batch = _to_device(batch, dev, names)
                 with _autocast(dev, amp_dtype):
                     preds = model(batch["image"], tasks=names)
-                for t in names:
+                for task in tasks:
+                    t = task.name
                     meters[t].update(preds[t].float(), batch["labels"][t], batch["present"][t])
+                    n = int(batch["present"][t].sum()) if with_loss else 0
+                    if n:  # the loss is a mean over the batch's labelled samples
+                        loss = task.loss(preds[t].float(), batch["labels"][t], batch["present"][t])
+                        loss_sum[t] += float(loss) * n
+                        loss_n[t] += n
     finally:
         model.train(was_training)
-    return {t: {k: float(v) for k, v in meters[t].compute().items()} for t in names}
+    metrics = {t: {k: float(v) for k, v in meters[t].compute().items()} for t in names}
+    return metrics, {t: (loss_sum[t] / loss_n[t] if loss_n[t] else None) for t in names}
 
 
 # ----------------------------------------------------------------------------- train
@@ -410,6 +433,13 @@ def train(
         return done[1]
     if len(train_set) == 0:
         raise BranchnasError("the training set is empty; check the dataset and its split")
+    # the convergence rule watches a held-out slice of the training split (never val_set)
+    conv: Optional[Convergence] = None
+    holdout_set: Any = None
+    if config.patience > 0:
+        keep, held = holdout_split(len(train_set), config.holdout_fraction, config.seed)
+        train_set, holdout_set = Subset(train_set, keep), Subset(train_set, held)
+        conv = Convergence(config.patience, config.min_delta, config.monitor)
     if config.threads is not None and torch.get_num_threads() != config.threads:
         log.info("using %d torch CPU thread(s)", config.threads)
         torch.set_num_threads(config.threads)
@@ -435,6 +465,10 @@ def train(
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
             raise run.damaged_checkpoint(exc) from None  # a checkpoint of another model
         start_epoch = int(ckpt["epoch"])
+        if conv is not None:
+            conv.load_state_dict(ckpt["convergence"])
+            if conv.best_epoch == start_epoch:  # killed between last.pt and best.pt
+                _on_main(ctx, lambda: _repair_best(run, session, conv))
         log.info("%s: resuming after epoch %d of %d", run.path, start_epoch, config.epochs)
     else:
         seed_everything(config.seed)
@@ -455,7 +489,10 @@ def train(
         steps = len(ctx.batch_sampler(len(train_set), config.batch_size))
     if config.max_train_batches is not None:
         steps = min(steps, config.max_train_batches)
+    trained = start_epoch
     for epoch in range(start_epoch, config.epochs):
+        if conv is not None and conv.stopped:
+            break  # also on resuming a run that had stopped but not yet written `done`
         generator = _epoch_generator(config.seed, epoch)
         if ctx is None:
             loader = DataLoader(
@@ -480,13 +517,25 @@ def train(
         record: Dict[str, Any] = {"epoch": epoch + 1, **session.train_epoch(loader, epoch, steps)}
         if ctx is not None:
             ctx.average_buffers(session.model)  # BatchNorm statistics of every process's batches
+        improved = False
+        if conv is not None:
+            t1 = time.perf_counter()
+            held_metrics, held_losses = _on_main(ctx, lambda: session.evaluate(holdout_set,
+                                                                               with_loss=True))
+            score = conv.score(session.tasks, held_metrics, held_losses, session.loss_weights)
+            improved = conv.update(epoch + 1, score)
+            record.update(holdout=held_metrics, holdout_loss=held_losses, holdout_score=score,
+                          best_epoch=conv.best_epoch,
+                          holdout_time_s=round(time.perf_counter() - t1, 4))
         t1 = time.perf_counter()
         val = None
         if epoch + 1 == config.epochs or (epoch + 1) % config.eval_every == 0:
             val = _on_main(ctx, lambda: session.evaluate(val_set))
         record.update(val=val, eval_time_s=round(time.perf_counter() - t1, 4))
         # distributed: rank 0 writes, and the others wait for it (the barrier after a checkpoint)
-        _on_main(ctx, functools.partial(_save_epoch, run, session, config, record))
+        _on_main(ctx, functools.partial(_save_epoch, run, session, config, record, conv,
+                                        improved))
+        trained = epoch + 1
         if board is not None:
             board.log_epoch(record)
         if main:
@@ -500,13 +549,29 @@ def train(
 
     def finish() -> Dict[str, Any]:
         records = run.read_metrics()
-        final = next((r["val"] for r in reversed(records) if r.get("val") is not None), None)
-        if final is None:  # metrics.jsonl lost its records (e.g. deleted by hand): evaluate again
+        best_epoch = trained
+        if conv is not None and conv.best_epoch:
+            _restore_best(run, session, conv.best_epoch)
+            best_epoch = conv.best_epoch
+        # the reported metrics are the validation set's at the epoch whose weights are kept
+        final = next((r["val"] for r in records
+                      if r.get("epoch") == best_epoch and r.get("val") is not None), None)
+        if final is None:  # not evaluated that epoch (eval_every), or metrics.jsonl lost it
             final = session.evaluate(val_set)
         total_images = sum(r.get("images", 0) for r in records)
         total_time = sum(r.get("time_s", 0.0) for r in records)
+        seconds = total_time + sum(r.get("eval_time_s", 0.0) + r.get("holdout_time_s", 0.0)
+                                   for r in records)
         result: Dict[str, Any] = {t: final[t] for t in names}
-        result["epochs"] = config.epochs
+        result["epochs"] = trained  # epochs trained (the rule may stop before max_epochs)
+        result["max_epochs"] = config.epochs
+        result["best_epoch"] = best_epoch  # the epoch whose weights the run ends with
+        result["stop_reason"] = "plateau" if conv is not None and conv.stopped else "max_epochs"
+        result["monitor"] = config.monitor if conv is not None else None
+        result["holdout_size"] = len(holdout_set) if holdout_set is not None else 0
+        result["images_seen"] = total_images  # training cost: images through a training step
+        result["seconds"] = round(seconds, 3)  # training cost: train + evaluation wall time
+        result["device"] = str(session.device)
         result["images_per_s"] = total_images / total_time if total_time > 0 else None
         if finalize is not None:
             result = dict(finalize(result))
@@ -516,15 +581,69 @@ def train(
 
     if board is not None:
         board.close()
-    return _on_main(ctx, finish)  # every rank returns rank 0's result
+    result = _on_main(ctx, finish)  # every rank returns rank 0's result
+    if ctx is not None and conv is not None:
+        ctx.broadcast_module(session.model)  # every rank ends with rank 0's restored best
+    return result
 
 
-def _save_epoch(run: RunDir, session: _Session, config: TrainConfig,
-                record: Dict[str, Any]) -> None:
-    """Append one epoch's metrics record, then write its checkpoint."""
+def _save_epoch(run: RunDir, session: "_Session", config: TrainConfig, record: Dict[str, Any],
+                conv: Optional[Convergence] = None, improved: bool = False) -> None:
+    """Append one epoch's metrics record, then write its checkpoint, then (when the epoch
+    is the convergence rule's new best) its weights as ``checkpoints/best.pt``.
+
+    That order makes a kill between the two files repairable: on resume the checkpoint
+    says the best epoch is its own, and :func:`_repair_best` rewrites ``best.pt`` from it.
+    """
     run.append_metrics(record)
-    run.save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": record["epoch"],
-                         **session.state_dict(), "config": config.to_dict()})
+    state = {"format": CHECKPOINT_FORMAT, "epoch": record["epoch"], **session.state_dict(),
+             "config": config.to_dict()}
+    if conv is not None:
+        state["convergence"] = conv.state_dict()
+    run.save_checkpoint(state)
+    if improved:
+        assert conv is not None
+        _save_best(run, session, record["epoch"], conv.best_score)
+
+
+def best_checkpoint_path(run: RunDir) -> Path:
+    """``checkpoints/best.pt`` of ``run``: the convergence rule's best weights so far."""
+    return run.checkpoint_path.parent / "best.pt"
+
+
+def _save_best(run: RunDir, session: "_Session", epoch: int, score: Optional[float]) -> None:
+    # tensors and plain data only: it is read back with weights_only=True
+    state = {"format": BEST_FORMAT, "epoch": int(epoch), "score": score,
+             "model": session.model.state_dict(), "weighting": session.weighting.state_dict()}
+    atomic_write_with(best_checkpoint_path(run), lambda f: torch.save(state, f))
+
+
+def load_best(run: RunDir, map_location: Any = "cpu") -> Optional[Dict[str, Any]]:
+    """The run's ``checkpoints/best.pt`` (loaded with ``weights_only=True``), or None."""
+    path = best_checkpoint_path(run)
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _repair_best(run: RunDir, session: "_Session", conv: Convergence) -> None:
+    best = load_best(run)
+    if best is None or int(best["epoch"]) != conv.best_epoch:
+        log.info("%s: rewriting best.pt from the epoch-%d checkpoint", run.path, conv.best_epoch)
+        _save_best(run, session, conv.best_epoch, conv.best_score)
+
+
+def _restore_best(run: RunDir, session: "_Session", epoch: int) -> None:
+    best = load_best(run)
+    if best is None or int(best["epoch"]) != epoch:
+        found = "none" if best is None else f"epoch {best['epoch']}"
+        raise BranchnasError(
+            f"{best_checkpoint_path(run)} should hold epoch {epoch} (the best), found {found}; "
+            "delete the run directory to retrain it"
+        )
+    session.model.load_state_dict(best["model"])
+    session.weighting.load_state_dict(best["weighting"])
+    log.info("%s: restored the best epoch, %d", run.path, epoch)
 
 
 def _on_main(ctx: Optional[ddp.DistributedContext], fn: Callable[[], Any]) -> Any:
@@ -584,6 +703,9 @@ class _Session:
         self.ctx = ctx
         self.names = _task_names(tasks)
         self.collate = collate
+        # the paper's fixed task weights are for multi-task models; a one-task run ignores them
+        self.loss_weights = ({t: w for t, w in config.task_weights.items() if t in self.names}
+                             if len(self.names) > 1 else {})
         plain_backward = config.async_updates or config.memory_bounded
         self.amp_dtype = resolve_amp(config.amp, device, needs_plain_backward=plain_backward)
         self.backward_fn: Optional[Callable[..., Dict[str, Tensor]]] = None
@@ -684,7 +806,8 @@ class _Session:
                     pending.append((p, p.grad))
                     p.grad = None
         losses = _backward(self.model, batch, self.tasks, self.names,
-                           ScaledWeighting(self.weighting, scales=scales), n_present,
+                           ScaledWeighting(self.weighting, scales=scales,
+                                           loss_weights=self.loss_weights), n_present,
                            self.device, self.amp_dtype, self.scaler, self.backward_fn)
         if ctx is not None:
             ctx.all_reduce_gradients(self._stepped_parameters(), average=self.updater is None)
@@ -726,7 +849,9 @@ class _Session:
                 losses = self._step(batch, n_present)
                 with torch.no_grad():
                     detached = {t: loss.detach().float() for t, loss in losses.items()}
-                    batch_total = float(self.weighting.combine(detached, present=n_present))
+                    objective = (ScaledWeighting(self.weighting, loss_weights=self.loss_weights)
+                                 if self.loss_weights else self.weighting)
+                    batch_total = float(objective.combine(detached, present=n_present))
                 if not math.isfinite(batch_total):
                     raise BranchnasError(
                         f"training diverged at epoch {epoch + 1}, step {step + 1} "
@@ -765,11 +890,13 @@ class _Session:
             "images_per_s": images / train_time if train_time > 0 else None,
         }
 
-    def evaluate(self, dataset: Any) -> Dict[str, Dict[str, float]]:
+    def evaluate(self, dataset: Any, with_loss: bool = False) -> Any:
+        """``dataset``'s metrics; with ``with_loss``, ``(metrics, mean losses)``."""
         c = self.config
-        return evaluate(self.model, self.tasks, dataset, self.device, c.eval_batch_size,
-                        collate_fn=self.collate, max_batches=c.max_val_batches, amp=c.amp,
-                        num_workers=c.num_workers)
+        metrics, losses = _eval_pass(self.model, self.tasks, dataset, self.device,
+                                     c.eval_batch_size, self.collate, c.max_val_batches, c.amp,
+                                     c.num_workers, with_loss=with_loss)
+        return (metrics, losses) if with_loss else metrics
 
 
 def _backward(

@@ -270,16 +270,20 @@ class UncertaintyWeighting(Weighting):
 class ScaledWeighting:
     """A view of a weighting whose :meth:`combine` multiplies each task's term by a scale.
 
-    ``combine(losses, present) = factor * Σ_t scales[t] * term_t`` (tasks with no labelled
-    sample left out, as in :meth:`Weighting.combine`). The trainer hands it to backward
-    code instead of the weighting itself, for asynchronous updates (``scales[t]`` = labelled
-    samples of task t in the batch, so gradients become sums over samples) and for fp16 loss
-    scaling (``factor``). Every other attribute is the wrapped weighting's.
+    ``combine(losses, present) = factor * Σ_t scales[t] * term_t(loss_weights[t] * L_t)``
+    (tasks with no labelled sample left out, as in :meth:`Weighting.combine`). The trainer
+    hands it to backward code instead of the weighting itself, for asynchronous updates
+    (``scales[t]`` = labelled samples of task t in the batch, so gradients become sums over
+    samples), for fp16 loss scaling (``factor``) and for fixed per-task loss weights
+    (``loss_weights``, ``TrainConfig.task_weights``: applied to the loss before the weighting
+    sees it, so with ``equal`` the total is the paper's ``Σ_t w_t L_t``). Every other
+    attribute is the wrapped weighting's.
 
     Args:
         weighting: the weighting to wrap.
-        scales: task -> multiplier (missing tasks: 1).
+        scales: task -> multiplier of its term (missing tasks: 1).
         factor: a multiplier for the whole total.
+        loss_weights: task -> fixed multiplier of its loss (missing tasks: 1).
     """
 
     def __init__(
@@ -287,16 +291,21 @@ class ScaledWeighting:
         weighting: Weighting,
         scales: Optional[Mapping[str, float]] = None,
         factor: float = 1.0,
+        loss_weights: Optional[Mapping[str, float]] = None,
     ) -> None:
         self.weighting = weighting
         self.scales = dict(scales or {})
         self.factor = float(factor)
+        self.loss_weights = dict(loss_weights or {})
 
     def combine(self, losses: Mapping[str, Tensor], present: Optional[Counts] = None) -> Tensor:
         """The scaled total loss (see the class docstring)."""
         self.weighting._check_known(losses)
         if not losses:
             raise BranchnasError("combine() got no losses; give at least one task's loss")
+        if self.loss_weights:
+            losses = {t: loss * self.loss_weights[t] if t in self.loss_weights else loss
+                      for t, loss in losses.items()}
         total: Optional[Tensor] = None
         for task, term in self.weighting.terms(losses).items():
             scale = self.factor * float(self.scales.get(task, 1.0))
