@@ -23,6 +23,7 @@ from .base import Item, TaskDataset, resize_item
 __all__ = [
     "NpyFolderDataset",
     "instance_offsets",
+    "npy_reason",
     "to_depth",
     "to_image",
     "to_normals",
@@ -35,13 +36,36 @@ _INDEX = re.compile(r"^(\d+)\.npy$")
 
 
 def to_image(arr: np.ndarray, where: str) -> Tensor:
-    """(H, W, 3) float [0, 1] or uint8 -> float32 (3, H, W)."""
+    """(H, W, 3) float [0, 1] or uint8 -> float32 (3, H, W).
+
+    Raises:
+        BranchnasError: for another shape, or NaN/inf pixels (bad data, named by file).
+    """
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise BranchnasError(f"{where}: expected an (H, W, 3) image, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise BranchnasError(f"{where}: image of dtype {arr.dtype}; store numbers (float in [0, 1] or uint8)")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise BranchnasError(f"{where}: bad data: the image holds {bad} NaN/inf value(s); "
+                             "re-create this file or remove the sample")
     x = arr.astype(np.float32)
     if arr.dtype == np.uint8:
         x /= 255.0
     return torch.from_numpy(np.ascontiguousarray(np.clip(x, 0, 1).transpose(2, 0, 1)))
+
+
+def npy_reason(path: Path, exc: BaseException) -> str:
+    """Why a ``.npy`` file did not load, in a few words (never numpy's advice to unpickle it)."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty (0 bytes)"
+    except OSError:
+        pass
+    text = str(exc)
+    if isinstance(exc, EOFError) or "pickle" in text:
+        return "not a NumPy .npy array file (truncated, or another format)"
+    return (text.splitlines() or [type(exc).__name__])[0]
 
 
 def _hw(arr: np.ndarray, hw: Tuple[int, int], where: str, channels: Optional[int]) -> np.ndarray:
@@ -216,8 +240,9 @@ class NpyFolderDataset(TaskDataset):
         path = self.split_dir / sub / f"{index}.npy"
         try:
             return np.load(path, allow_pickle=False), str(path)
-        except (OSError, ValueError) as exc:
-            raise BranchnasError(f"{self.name}: cannot read {path} ({exc}); re-create it") from None
+        except (OSError, ValueError, EOFError) as exc:
+            raise BranchnasError(f"{self.name}: cannot read {path} ({npy_reason(path, exc)}); "
+                                 "re-create it") from None
 
     def __len__(self) -> int:
         return self.size

@@ -140,6 +140,11 @@ class CelebADataset(TaskDataset):
             )
         super().__init__({n: {"type": "binary"} for n in names}, tasks, dataset="celeba")
         keep = [i for i, f in enumerate(files) if partition[f] == _SPLITS[split]]
+        if not keep:  # an empty split would train or evaluate on nothing (NaN metrics)
+            raise BranchnasError(
+                f"celeba: the {split} split is empty ({part} assigns no image to "
+                f"{_SPLITS[split]}); use the official partition file"
+            )
         self.split = split
         self.image_dir = images
         self.files = [files[i] for i in keep]

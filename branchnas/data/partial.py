@@ -77,6 +77,12 @@ def collate(items: Sequence[Item],
             f"cannot batch images of different sizes {sorted(shapes)}; give every dataset the "
             "same resolution"
         )
+    for i, it in enumerate(items):  # NaN/inf pixels are bad data, not a divergence
+        if it["image"].is_floating_point() and not bool(torch.isfinite(it["image"]).all()):
+            raise BranchnasError(
+                f"bad data: batch item {i} has NaN/inf image values; fix or remove that sample "
+                "(the dataset yields it)"
+            )
     names: List[str] = list(dict.fromkeys(t for it in items for t in it["labels"]))
     task_objs: Optional[Dict[str, Any]] = None
     labels: Dict[str, Tensor] = {}

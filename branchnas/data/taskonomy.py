@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from ..errors import BranchnasError
+from ._npyfolders import npy_reason
 from .base import Item, TaskDataset, register_dataset, resize_item
 
 __all__ = ["TASKONOMY_DOMAINS", "TaskonomyDataset", "taskonomy_tasks"]
@@ -257,8 +258,9 @@ class TaskonomyDataset(TaskDataset):
         if task == "scene":
             try:
                 arr = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise BranchnasError(f"taskonomy: cannot read {path} ({exc})") from None
+            except (OSError, ValueError, EOFError) as exc:
+                raise BranchnasError(f"taskonomy: cannot read {path} ({npy_reason(path, exc)}); "
+                                     "re-create it") from None
             scores = arr.reshape(-1)
             if self.scene_subset is not None:
                 if scores.size == 1:

@@ -252,6 +252,8 @@ class RunDir:
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
         self._lock_key: Optional[str] = None
+        self._created: List[Path] = []  # directories lock() made (deepest first), for discard
+        self._fresh = False  # start() began the run (rather than reopening it)
 
     # ------------------------------------------------------------------ paths
     @property
@@ -344,7 +346,7 @@ class RunDir:
         if existed:
             self.check_config(config, ignore_keys)
         else:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self._fresh = True
             if seed is None and "seed" in config:
                 seed = int(config["seed"])
             if seed is not None:
@@ -456,7 +458,13 @@ class RunDir:
 
         if self._lock_key is not None:
             return
+        missing = []
+        probe = self.path
+        while not probe.exists() and probe.parent != probe:
+            missing.append(probe)
+            probe = probe.parent
         self.path.mkdir(parents=True, exist_ok=True)
+        self._created = missing  # deepest first
         key = str(self.path.resolve())
         if key in _HELD:
             _HELD[key][1].add(self)
@@ -489,6 +497,36 @@ class RunDir:
         _HELD[key] = (fd, owners)
         self._lock_key = key
         weakref.finalize(self, _release_if_unowned, key)
+
+    def discard_if_fresh(self) -> bool:
+        """Remove the run directory (and the parents it created) if this process created it in
+        :meth:`start` and it holds no checkpoint yet: a run that failed on bad input before its
+        first epoch ended leaves nothing behind, and the rerun starts with the new settings.
+
+        Returns:
+            True when it was removed.
+        """
+        if not self._fresh or self.checkpoint_path.exists() or self.is_done():
+            return False
+        import shutil
+
+        self.unlock()
+        if self._created:  # the directory is ours: all of it goes
+            shutil.rmtree(self._created[0], ignore_errors=True)
+            for d in self._created[1:]:
+                try:
+                    d.rmdir()  # only while empty
+                except OSError:
+                    break
+        else:  # it existed before: remove what start() wrote
+            for p in (self.config_path, self.seed_path, self.revision_path, self.command_path,
+                      self.environment_path, self.metrics_path, self.lock_path):
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+        self._created, self._fresh = [], False
+        return True
 
     def unlock(self) -> None:
         """Release the lock taken by :meth:`lock` (a no-op when not held)."""
