@@ -433,6 +433,8 @@ def train(
         return done[1]
     if len(train_set) == 0:
         raise BranchnasError("the training set is empty; check the dataset and its split")
+    if len(val_set) == 0:  # its metrics would be NaN, and the run marked done with them
+        raise BranchnasError("the validation set is empty; check the dataset and its split")
     # the convergence rule watches a held-out slice of the training split (never val_set)
     conv: Optional[Convergence] = None
     holdout_set: Any = None
@@ -514,7 +516,13 @@ def train(
                 num_workers=config.num_workers, worker_init_fn=_seed_worker,
                 pin_memory=session.device.type == "cuda",
             )
-        record: Dict[str, Any] = {"epoch": epoch + 1, **session.train_epoch(loader, epoch, steps)}
+        try:
+            trained = session.train_epoch(loader, epoch, steps)
+        except BranchnasError:  # bad data or a divergence before the first checkpoint: leave nothing
+            if main and epoch == 0:
+                run.discard_if_fresh()
+            raise
+        record: Dict[str, Any] = {"epoch": epoch + 1, **trained}
         if ctx is not None:
             ctx.average_buffers(session.model)  # BatchNorm statistics of every process's batches
         improved = False
@@ -855,7 +863,8 @@ class _Session:
                 if not math.isfinite(batch_total):
                     raise BranchnasError(
                         f"training diverged at epoch {epoch + 1}, step {step + 1} "
-                        f"(loss {batch_total}); lower the learning rate"
+                        f"(loss {batch_total}); lower the learning rate (--lr) and rerun "
+                        "with --force, or into a fresh --out"
                     )
                 for t in names:
                     if n_present[t]:
