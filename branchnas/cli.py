@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -460,21 +461,62 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    previous_sigterm = _sigterm_as_interrupt()
     try:
         if distributed:
             _start_distributed(args._command)
+        from ._preflight import check_args
+
+        check_args(args)  # every option and input checked before any work (writes nothing)
         return _COMMANDS[args._command](args)
     except BranchnasError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
+        return _error(exc)
+    except (OSError, RuntimeError) as exc:  # the file system's failures: one line, the path, the fix
+        from ._fs import fs_error, is_fs_failure
+
+        if not is_fs_failure(exc):
+            raise
+        return _error(fs_error(exc))
+    except KeyboardInterrupt as exc:
         print("interrupted; run the same command again to resume", file=sys.stderr, flush=True)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
     finally:
+        if previous_sigterm is not _NOT_INSTALLED:
+            signal.signal(signal.SIGTERM, previous_sigterm or signal.SIG_DFL)
         if distributed:
             from .training.ddp import teardown
 
             teardown()
+
+
+def _error(exc: BaseException) -> int:
+    # one line whatever the message holds (the contract of BranchnasError)
+    print("error: " + " ".join(str(exc).split()), file=sys.stderr, flush=True)
+    return 2
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it stops like on Ctrl-C: temp files
+    removed, the checkpoint intact, the resume hint printed."""
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Handle SIGTERM like SIGINT (in the main thread); returns the handler to restore."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _NOT_INSTALLED
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except (ValueError, OSError):
+        return _NOT_INSTALLED
+
+
+_NOT_INSTALLED = object()
 
 
 def _start_distributed(command: str) -> None:
