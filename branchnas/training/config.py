@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
+from .._choices import LazyChoices
 from ..errors import BranchnasError
 
 __all__ = [
@@ -80,7 +82,7 @@ class TrainConfig:
     memory_bounded: bool = False  # UberNet's memory-bounded backprop (training.memory)
     async_updates: bool = False  # UberNet's asynchronous SGD: groups step at their own batch sizes
     shared_batch_size: Optional[int] = None  # async: samples per shared update (None: batch_size)
-    task_batch_size: Optional[int] = None  # async: labelled samples per task update (None: ditto)
+    task_batch_size: Optional[int] = None  # async: labelled samples per task update (None: batch_size)
     task_batch_sizes: Dict[str, int] = field(default_factory=dict)  # async: per-task overrides
     amp: str = "auto"  # "auto" (CUDA: bf16, or fp16 without bf16; CPU: off), "off", "bf16", "fp16"
     eval_batch_size: int = 64  # images per evaluation step
@@ -326,6 +328,55 @@ def _parse_task_weight(text: str) -> Tuple[str, float]:
     return task, value
 
 
+@functools.lru_cache(maxsize=None)
+def _field_descriptions() -> Dict[str, str]:
+    """Each :class:`TrainConfig` field's comment in its source: the one description of a
+    setting, so ``--help`` says what the class says (empty without the source file)."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    try:
+        source = textwrap.dedent(inspect.getsource(TrainConfig))
+    except (OSError, TypeError):  # e.g. a build without .py files: help shows defaults only
+        return {}
+    comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT}
+    out: Dict[str, str] = {}
+    for node in next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef)).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            lines = range(node.lineno, (node.end_lineno or node.lineno) + 1)
+            text = " ".join(comments[i] for i in lines if i in comments)
+            if text:
+                out[node.target.id] = text
+    return out
+
+
+def _option_help(name: str, default: Any, boolean: bool, listed: bool = False) -> Optional[str]:
+    """``--help`` text of one setting: its description, its choices when ``listed`` (lazy
+    choices, shown through argparse's ``%(choices)s``), then its default."""
+    text = _field_descriptions().get(name)
+    if text is None:
+        return None  # tests/test_cli_help.py fails on an option without help: comment the field
+    text = text.replace("%", "%%")  # argparse %-formats help
+    if listed:
+        text += " (one of: %(choices)s)"
+    if boolean:
+        text += f" (true or false; default: {str(default).lower()})"
+    elif default is not None:
+        text += f" (default: {default})".replace("%", "%%")
+    return text
+
+
+def _weighting_names() -> Any:
+    from .weighting import list_weightings  # the registry lists the choices (imports torch)
+
+    return list_weightings()
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--<setting>`` option per :class:`TrainConfig` field (all default to unset).
 
@@ -337,7 +388,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         annotation = str(f.type)
         flag = "--" + name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"(default: {default})"
+        help_text = _option_help(name, default, "bool" in annotation)
         if name == "task_batch_sizes":
             group.add_argument("--task-batch-size-for", dest="train_task_batch_sizes",
                                action="append", type=_parse_task_size, metavar="TASK=N",
@@ -350,10 +401,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         elif "bool" in annotation:
             group.add_argument(flag, dest="train_" + name, type=_parse_bool, metavar="BOOL",
                                help=help_text)
-        elif name in ("optimizer", "schedule", "amp", "monitor"):
+        elif name in ("optimizer", "schedule", "amp", "monitor", "weighting"):
             choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES,
-                       "monitor": MONITORS}[name]
-            group.add_argument(flag, dest="train_" + name, choices=choices, help=help_text)
+                       "monitor": MONITORS,
+                       "weighting": LazyChoices(_weighting_names)}[name]
+            if isinstance(choices, LazyChoices):  # a metavar: argparse reads them only when needed
+                group.add_argument(flag, dest="train_" + name, choices=choices, metavar="NAME",
+                                   help=_option_help(name, default, False, listed=True))
+            else:
+                group.add_argument(flag, dest="train_" + name, choices=choices, help=help_text)
         elif "float" in annotation:
             group.add_argument(flag, dest="train_" + name, type=float, metavar="X", help=help_text)
         elif "int" in annotation:
