@@ -1,7 +1,9 @@
 """Search spaces: backbones with cut points, task heads, and search-space TOML files.
 
 * :mod:`~branchnas.spaces.backbones` — the backbone registry (``create_backbone``); each
-  backbone is D sharable blocks with per-block metadata (:class:`BlockInfo`).
+  backbone is D sharable blocks with per-block metadata (:class:`BlockInfo`);
+  ``"timm:<model>"`` names any timm model cut at its ``feature_info`` stages
+  (:mod:`~branchnas.spaces.timm_backbone`, weights located by :mod:`~branchnas.spaces.weights`).
 * :mod:`~branchnas.spaces.heads` — the head registry (``create_head``): fcn, psp, aspp,
   mlp, linear.
 * :mod:`~branchnas.spaces.space` — :class:`SearchSpace`, :func:`load_space` for
@@ -21,6 +23,7 @@ from .backbones import (
     CutBackbone,
     ResNetBackbone,
     SmallCNNBackbone,
+    TimmBackbone,
     VGGBackbone,
     create_backbone,
     get_backbone,
@@ -57,6 +60,7 @@ __all__ = [
     "ResNetBackbone",
     "VGGBackbone",
     "SmallCNNBackbone",
+    "TimmBackbone",
     "register_backbone",
     "list_backbones",
     "get_backbone",

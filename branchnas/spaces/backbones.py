@@ -13,8 +13,9 @@ Registered backbones (``list_backbones()``):
 ==================== ===== ========================================================
 name                 D     blocks
 ==================== ===== ========================================================
-``resnet18/34/50``   4     stem + layer1, layer2, layer3, layer4 (torchvision);
-                           ``output_stride`` 32, 16 or 8 (ResNet-50 only: dilation)
+``resnet18/34/50``   4     stem + layer1, layer2, layer3, layer4 (timm's ResNets:
+                           torchvision's architecture, loads torchvision's weights);
+                           ``output_stride`` 32, 16 or 8 (dilation)
 ``resnet50_dilated`` 4     ResNet-50 at output stride 8 (Cityscapes, as in the paper)
 ``vgg16``            5(+2) conv1..conv5 (each ends with max-pool); ``fc=True`` adds
                            fc6, fc7 (vector outputs, for image-level tasks)
@@ -23,6 +24,9 @@ name                 D     blocks
 ``segnet``           5     MTAN's SegNet encoder (VGG-16 conv layout, conv-bn-relu)
 ``smallcnn``         4     a small conv net sized for CPU work on the ``scenes`` benchmark
 ==================== ===== ========================================================
+
+Besides these, ``"timm:<model>"`` names any timm model that can be cut at its
+``feature_info`` stages (:mod:`branchnas.spaces.timm_backbone`).
 
 Example:
     >>> bb = create_backbone("smallcnn")
@@ -34,7 +38,7 @@ Example:
 
 from __future__ import annotations
 
-import copy
+import functools
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -46,13 +50,15 @@ from torch import nn
 from .._registry import Registry
 from ..errors import BranchnasError
 from ._common import check_hw, check_kwargs, freeze_value, init_conv_bn
-from .flops import count_params, default_device, measure_flops, on_meta
+from .flops import count_params, measure_flops, on_meta
 
 __all__ = [
     "BlockInfo",
     "Backbone",
     "CutBackbone",
     "ResNetBackbone",
+    "TimmBackbone",
+    "TIMM_PREFIX",
     "VGGBackbone",
     "SmallCNNBackbone",
     "register_backbone",
@@ -64,6 +70,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone")
+
+#: names starting with this are timm models (``"timm:convnext_atto"``)
+TIMM_PREFIX = "timm:"
 
 
 @dataclass(frozen=True)
@@ -238,7 +247,7 @@ class Backbone(ABC):
             for d, block in enumerate(self._get_meta_blocks()):
                 try:
                     f, out = measure_flops(block, shape)
-                except RuntimeError as e:
+                except (RuntimeError, AssertionError) as e:  # timm asserts on input sizes
                     raise BranchnasError(
                         f"input size {hw[0]}x{hw[1]} is too small for block {d + 1} of backbone "
                         f"{self.name!r} ({str(e).splitlines()[0]}); use a larger input size"
@@ -291,117 +300,6 @@ class CutBackbone(Backbone):
         if len(span) == 1:
             return self.base.make_block(span[0])
         return nn.Sequential(*(self.base.make_block(i) for i in span))
-
-
-# ---------------------------------------------------------------------- ResNet
-_RESNET_CHANNELS = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-}
-_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
-
-
-class ResNetBackbone(Backbone):
-    """A torchvision ResNet cut after each of its four stages (stem inside block 1).
-
-    Blocks: ``layer1`` (conv1, bn1, relu, maxpool, layer1), ``layer2``, ``layer3``,
-    ``layer4``; the classifier (avgpool, fc) is not part of the backbone.
-
-    Args:
-        arch: ``resnet18``, ``resnet34`` or ``resnet50``.
-        output_stride: 32 (plain), 16 or 8 (later strides replaced by dilation, as
-            DeepLab/PSPNet do; torchvision supports dilation for ResNet-50 only).
-        weights: ``None`` for random init, or a torchvision weights name of the
-            architecture (``"IMAGENET1K_V1"``, ``"DEFAULT"``, ...), downloaded by
-            torchvision on first use.
-        name: the registry name.
-
-    Raises:
-        BranchnasError: for an unknown architecture, output stride or weights name.
-    """
-
-    def __init__(
-        self,
-        arch: str,
-        output_stride: int = 32,
-        weights: Optional[str] = None,
-        name: Optional[str] = None,
-    ) -> None:
-        if arch not in _RESNET_CHANNELS:
-            raise BranchnasError(
-                f"unknown ResNet {arch!r}; choose one of: {', '.join(sorted(_RESNET_CHANNELS))}"
-            )
-        if output_stride not in _DILATION:
-            raise BranchnasError(
-                f"output_stride {output_stride!r} is not supported; use 32, 16 or 8"
-            )
-        if output_stride != 32 and arch != "resnet50":
-            raise BranchnasError(
-                f"{arch} has basic blocks, which torchvision cannot dilate; "
-                "use output_stride = 32 or the resnet50 backbone"
-            )
-        super().__init__(name or arch, {"output_stride": output_stride, "weights": weights})
-        self.arch = arch
-        self.output_stride = output_stride
-        self.weights = weights
-        self._weights_enum = self._resolve_weights(weights)
-        self._pretrained: Optional[nn.Module] = None
-        self._meta_model: Optional[nn.Module] = None
-
-    def _resolve_weights(self, weights: Optional[str]) -> Any:
-        if weights is None:
-            return None
-        import torchvision
-
-        enum = torchvision.models.get_model_weights(self.arch)
-        try:
-            return enum[str(weights)]
-        except KeyError:
-            choices = ", ".join(["DEFAULT"] + [w.name for w in enum])
-            raise BranchnasError(
-                f"unknown weights {weights!r} for {self.arch}; choose one of: {choices} "
-                "or leave weights unset for random init"
-            ) from None
-
-    def _torchvision_model(self, weights: Any = None) -> nn.Module:
-        import torchvision
-
-        return getattr(torchvision.models, self.arch)(
-            weights=weights, replace_stride_with_dilation=_DILATION[self.output_stride]
-        )
-
-    def _specs(self) -> List[_BlockSpec]:
-        ch = _RESNET_CHANNELS[self.arch]
-        strides = [4, 8, 16, 32]
-        strides = [min(s, self.output_stride) for s in strides]
-        ins = (3,) + ch[:-1]
-        return [_BlockSpec(f"layer{i + 1}", ins[i], ch[i], strides[i]) for i in range(4)]
-
-    @staticmethod
-    def _take(model: nn.Module, d: int) -> nn.Module:
-        if d == 0:
-            return nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool, model.layer1)
-        return getattr(model, f"layer{d + 1}")
-
-    def _build_block(self, d: int) -> nn.Module:
-        device = default_device()
-        if self._weights_enum is not None and device.type != "meta":
-            if self._pretrained is None:
-                logger.info("loading %s weights %s", self.arch, self.weights)
-                with torch.device("cpu"):
-                    self._pretrained = self._torchvision_model(self._weights_enum)
-            return copy.deepcopy(self._take(self._pretrained, d)).to(device)
-        # Build the whole torchvision model once on the meta device (cheap), copy block d,
-        # and materialise only that copy with torchvision's initialisation scheme.
-        if self._meta_model is None:
-            self._meta_model = on_meta(self._torchvision_model)
-        block = copy.deepcopy(self._take(self._meta_model, d))
-        if device.type == "meta":
-            return block
-        block = block.to_empty(device=device)
-        init_conv_bn(block)
-        return block
 
 
 # ---------------------------------------------------------------------- VGG family
@@ -585,12 +483,29 @@ def list_backbones() -> List[str]:
 
 
 def get_backbone(name: str) -> Callable[..., Backbone]:
-    """The factory registered as ``name``.
+    """The factory registered as ``name``, or for ``"timm:<model>"`` the timm factory.
+
+    ``"timm:<model>"`` names any timm model whose ``features_only`` form can be cut into
+    blocks (:class:`~branchnas.spaces.timm_backbone.TimmBackbone`); the model itself is
+    checked when the backbone is created.
 
     Raises:
         BranchnasError: for an unknown name, listing the known ones.
     """
-    return _BACKBONES.get(name)
+    if name.startswith(TIMM_PREFIX):
+        model = name[len(TIMM_PREFIX):]
+        if not model:
+            raise BranchnasError(
+                f"backbone {name!r} names no timm model; write 'timm:<model>', e.g. "
+                "'timm:convnext_atto'"
+            )
+        from .timm_backbone import timm_backbone
+
+        return functools.partial(timm_backbone, model)
+    try:
+        return _BACKBONES.get(name)
+    except BranchnasError as e:
+        raise BranchnasError(f"{e}, or 'timm:<model>' for a timm model") from None
 
 
 _INSTANCES: Dict[Tuple[str, Tuple[Tuple[str, Any], ...]], Backbone] = {}
@@ -617,19 +532,20 @@ def create_backbone(name: str, **kwargs: Any) -> Backbone:
 
 @register_backbone("resnet18")
 def resnet18(output_stride: int = 32, weights: Optional[str] = None) -> Backbone:
-    """ResNet-18 (torchvision), 4 blocks."""
+    """ResNet-18 (timm's, torchvision's architecture and weights), 4 blocks."""
     return ResNetBackbone("resnet18", output_stride, weights)
 
 
 @register_backbone("resnet34")
 def resnet34(output_stride: int = 32, weights: Optional[str] = None) -> Backbone:
-    """ResNet-34 (torchvision), 4 blocks."""
+    """ResNet-34 (timm's, torchvision's architecture and weights), 4 blocks."""
     return ResNetBackbone("resnet34", output_stride, weights)
 
 
 @register_backbone("resnet50")
 def resnet50(output_stride: int = 32, weights: Optional[str] = None) -> Backbone:
-    """ResNet-50 (torchvision), 4 blocks; ``output_stride`` 16 or 8 dilates the last stages."""
+    """ResNet-50 (timm's, torchvision's architecture and weights), 4 blocks; ``output_stride``
+    16 or 8 dilates the last stages."""
     return ResNetBackbone("resnet50", output_stride, weights)
 
 
@@ -698,3 +614,8 @@ def smallcnn(
         convs,
         config={"widths": list(widths), "strides": list(strides), "convs": convs},
     )
+
+
+# The timm adapter subclasses Backbone, so it is imported once Backbone exists (it imports
+# timm itself only when a timm backbone is created).
+from .timm_backbone import ResNetBackbone, TimmBackbone  # noqa: E402
