@@ -233,8 +233,7 @@ class RayExecutor(Executor):
         self.imports = list(imports)
         self._cluster_cpus = float(cluster.get("CPU", 1))
         # worker death (system failure) is retried; exceptions the job raises are not
-        self._remote = ray.remote(_ray_task).options(max_retries=self.max_retries,
-                                                     retry_exceptions=False)
+        self._remote = ray.remote(max_retries=self.max_retries, retry_exceptions=False)(_ray_task)
 
     @classmethod
     def from_config(cls, cfg: "ExecutorConfig") -> "RayExecutor":
