@@ -46,6 +46,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+import pickle
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -76,6 +77,18 @@ def import_timm() -> Any:
             "install it with: pip install 'branchnas[timm]'"
         ) from None
     return timm
+
+
+def _file_errors() -> Tuple[type, ...]:
+    """Exceptions reading a weights file can raise (unpickling refused, truncated, corrupt)."""
+    errors: List[type] = [pickle.UnpicklingError, EOFError, OSError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors comes with timm
+        pass
+    return tuple(errors)
 
 
 def _first_line(e: BaseException) -> str:
@@ -366,10 +379,7 @@ class TimmBackbone(Backbone):
             if self._pretrained_model is None:
                 path = self.weights_file()
                 logger.info("loading %s weights from %s", self.name, path)
-                model = self._create(
-                    device="cpu", pretrained=True, pretrained_cfg_overlay={"file": path}
-                )
-                self._pretrained_model = nn.ModuleList(self.split(model))
+                self._pretrained_model = nn.ModuleList(self.split(self._load(str(path))))
             return copy.deepcopy(self._pretrained_model[d]).to(device)
         # A fresh model per copy: timm's own initialisation (truncated normals, layer-scale,
         # zero-init of the last norm of each residual block) is model-specific, so each copy
@@ -378,6 +388,28 @@ class TimmBackbone(Backbone):
 
     def _has_weights_file(self) -> bool:
         return False
+
+    def _load(self, path: str) -> nn.Module:
+        """The full model with the weights of ``path``, via timm's loader.
+
+        timm reads ``.safetensors`` with safetensors and anything else with
+        ``torch.load(weights_only=True)``, so a file that would run code is refused.
+        """
+        timm = import_timm()
+        try:
+            with torch.device("cpu"):
+                return timm.create_model(
+                    self.model, pretrained=True, pretrained_cfg_overlay={"file": path},
+                    **self._kwargs,
+                )
+        except (RuntimeError, ValueError, KeyError) + _file_errors() as e:
+            # RuntimeError: what torch.load(weights_only=True) raises for a pickle that would
+            # run code, and load_state_dict for a file of another model
+            raise BranchnasError(
+                f"cannot load weights file {path} ({_first_line(e)}); it must be this model's "
+                "weights holding tensors only (safetensors, or a state dict that "
+                "torch.load(weights_only=True) accepts); delete it to download it again"
+            ) from None
 
 
 class ResNetBackbone(TimmBackbone):
