@@ -53,9 +53,10 @@ def collate(items):
             "present": {t: torch.tensor([it["present"][t] for it in items]) for t in NAMES}}
 
 
-def fit(run_dir, weighting="dwa", **kw):
+def fit(run_dir, weighting="dwa", patience=0, holdout_fraction=0.1, **kw):
     cfg = TrainConfig(epochs=3, batch_size=4, lr=0.01, progress=False, eval_batch_size=8,
-                      weighting=weighting, schedule="poly")
+                      weighting=weighting, schedule="poly", patience=patience,
+                      holdout_fraction=holdout_fraction)
     return train(TwoHeads(), TASKS, data(12, 1), data(8, 2), cfg, run_dir, device="cpu",
                  collate_fn=collate, command=["test"], **kw)
 
@@ -76,6 +77,11 @@ def expected_scalars(run_dir):
         rows.update({f"loss/{t}": v for t, v in r["train_loss"].items()})
         rows.update({f"loss_weight/{t}": v for t, v in r["weights"].items()})
         rows.update({f"val/{t}/{m}": v for t, ms in r["val"].items() for m, v in ms.items()})
+        if r.get("holdout") is not None:  # the convergence rule's held-out slice
+            rows.update({f"holdout/{t}/{m}": v for t, ms in r["holdout"].items()
+                         for m, v in ms.items()})
+            rows.update({f"holdout_loss/{t}": v for t, v in r["holdout_loss"].items()})
+            rows["holdout/score"] = r["holdout_score"]
         for tag, value in rows.items():
             out.setdefault(tag, []).append((r["epoch"], value))
     return out
@@ -141,6 +147,13 @@ def test_without_tensorboard_training_works_and_says_so_once(tmp_path, monkeypat
     assert not (tmp_path / "a" / TENSORBOARD_DIR).exists()
     said = [r for r in caplog.records if "TensorBoard logging is off" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.INFO
+
+
+def test_early_stopping_holdout_is_logged(tmp_path):
+    fit(tmp_path / "run", patience=2, holdout_fraction=0.25)
+    scalars = read_scalars(tmp_path / "run")
+    assert {"holdout/score", "holdout/seg/miou", "holdout_loss/cls"} <= set(scalars)
+    assert_same(scalars, expected_scalars(tmp_path / "run"))
 
 
 def test_epoch_scalars_skips_missing_and_non_finite_values():

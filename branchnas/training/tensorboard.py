@@ -9,6 +9,8 @@ step being the epoch number (1-based, as in ``metrics.jsonl``). The tags:
   DWA's weights; ``exp(-s)`` for uncertainty weighting);
 * ``lr``: the learning rate at the epoch's first step;
 * ``val/<task>/<metric>``: validation metrics, on the epochs that were evaluated;
+* with the convergence rule (early stopping): ``holdout/<task>/<metric>``,
+  ``holdout_loss/<task>`` and ``holdout/score``, the held-out slice it watches;
 * ``speed/images_per_s``: training throughput.
 
 ``metrics.jsonl`` stays the record a run is resumed from; the event file is a view of it.
@@ -52,7 +54,8 @@ def epoch_scalars(record: Mapping[str, Any]) -> Dict[str, float]:
 
     Args:
         record: one line of ``metrics.jsonl`` (keys ``train_total``, ``train_loss``,
-            ``weights``, ``lr``, ``val``, ``images_per_s``; missing or None values are skipped,
+            ``weights``, ``lr``, ``val``, ``images_per_s``, and ``holdout``, ``holdout_loss``,
+            ``holdout_score`` under the convergence rule; missing or None values are skipped,
             as are non-finite ones).
 
     Returns:
@@ -70,9 +73,13 @@ def epoch_scalars(record: Mapping[str, Any]) -> Dict[str, float]:
     for task, value in (record.get("weights") or {}).items():
         put(f"loss_weight/{task}", value)
     put("lr", record.get("lr"))
-    for task, metrics in (record.get("val") or {}).items():
-        for name, value in metrics.items():
-            put(f"val/{task}/{name}", value)
+    for split in ("val", "holdout"):
+        for task, metrics in (record.get(split) or {}).items():
+            for name, value in (metrics or {}).items():
+                put(f"{split}/{task}/{name}", value)
+    for task, value in (record.get("holdout_loss") or {}).items():
+        put(f"holdout_loss/{task}", value)
+    put("holdout/score", record.get("holdout_score"))
     put("speed/images_per_s", record.get("images_per_s"))
     return out
 
