@@ -107,8 +107,13 @@ def cluster(tmp_path_factory):
     """A head node and a second node, 1 CPU each; this process is the driver."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths are limited
     cache = str(tmp_path_factory.getbasetemp() / "scenes-cache")
-    env = {**os.environ, "BRANCHNAS_CACHE": cache, "RAY_USAGE_STATS_ENABLED": "0",
+    # a private cluster on 127.0.0.1 that this process alone joins: no auth token (Ray would
+    # otherwise share one through ~/.ray, which other Ray instances of the machine also read)
+    auth = {"RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, **auth, "BRANCHNAS_CACHE": cache, "RAY_USAGE_STATS_ENABLED": "0",
            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RAY_AUTH_MODE", "disabled")
     port = _free_port()
     address = f"127.0.0.1:{port}"
     log = open(Path(temp) / "nodes.log", "w")
@@ -132,6 +137,7 @@ def cluster(tmp_path_factory):
                "cache": cache}
     finally:
         ray.shutdown()
+        patch.undo()
         _stop(procs, temp)
         log.close()
         shutdown_left = _pids_mentioning(temp)
