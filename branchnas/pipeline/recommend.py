@@ -47,8 +47,10 @@ def find_affinity(space_name: str, runs: Optional[Union[str, Path]] = None,
     Raises:
         BranchnasError: when neither exists, saying how to compute one.
     """
-    run_dir = Path(runs) if runs else Path("runs") / space_name
-    candidates = [run_dir / f"affinity-{measure}.npz", shipped_affinity_dir() / f"{space_name}.npz"]
+    from .layout import RunLayout, default_out
+
+    layout = RunLayout(runs if runs else default_out(space_name))
+    candidates = [layout.affinity(measure), shipped_affinity_dir() / f"{space_name}.npz"]
     for c in candidates:
         if c.is_file():
             return c
