@@ -9,7 +9,7 @@ from branchnas.cli import build_parser, main
 from branchnas.pipeline.recommend import shipped_affinity_dir
 
 COMMANDS = ["describe", "train-single", "affinity", "search", "train", "baseline", "pareto", "plot",
-            "run", "demo", "report", "worker", "tune", "validate"]
+            "run", "demo", "report", "tune", "validate"]
 
 
 def test_help_lists_every_command(capsys):
