@@ -11,10 +11,10 @@ neither a half-written file nor a changed old one.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import logging
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +23,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from .._atomic import atomic_write_bytes, atomic_write_text
 from ..errors import BranchnasError
 
 __all__ = [
@@ -185,28 +186,12 @@ def save_affinity(path: PathLike, affinity: Any, tasks: Sequence[str], locations
     except (TypeError, ValueError) as exc:
         raise BranchnasError(f"{json_path}: metadata cannot be written as JSON ({exc}); "
                              "give plain numbers, strings, lists and dicts") from None
-    npz_path.parent.mkdir(parents=True, exist_ok=True)
-    temps = []
-    try:
-        fd, tmp_npz = tempfile.mkstemp(prefix=f".{npz_path.name}.", suffix=".tmp", dir=npz_path.parent)
-        temps.append(tmp_npz)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, affinity=arr, tasks=np.array(tasks_t, dtype=str),
-                     locations=np.array(locs_t, dtype=str))
-        fd, tmp_json = tempfile.mkstemp(prefix=f".{json_path.name}.", suffix=".tmp", dir=json_path.parent)
-        temps.append(tmp_json)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-        os.replace(tmp_json, json_path)
-        temps.remove(tmp_json)
-        os.replace(tmp_npz, npz_path)
-        temps.remove(tmp_npz)
-    finally:
-        for tmp in temps:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+    buffer = io.BytesIO()  # the whole archive first: a failure here writes nothing
+    np.savez(buffer, affinity=arr, tasks=np.array(tasks_t, dtype=str),
+             locations=np.array(locs_t, dtype=str))
+    # the sidecar first, then the tensor, each atomically (the one writer, branchnas._atomic)
+    atomic_write_text(json_path, text + "\n")
+    atomic_write_bytes(npz_path, buffer.getvalue())
     log.info("wrote affinity %s (%d locations x %d tasks)", npz_path, len(locs_t), len(tasks_t))
     return npz_path
 
