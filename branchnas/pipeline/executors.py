@@ -16,6 +16,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from ..training import TrainConfig
 from ..tree import Tree
+from .layout import RunLayout
 from .jobs import JobSpec, make_job, register_job_kind
 from .stages import run_baseline, run_singles, run_tree
 
@@ -37,7 +38,7 @@ def single_job(space: Any, task: str, config: TrainConfig, out: Path,
                device: Optional[str] = None) -> JobSpec:
     """The job training ``task``'s single-task network into ``<out>/single/<task>``."""
     return make_job("train_single", {**_params(space, config, out, device), "task": task},
-                    Path(out) / "single" / task, job_resources(config))
+                    RunLayout(out).single(task), job_resources(config, device))
 
 
 def tree_job(space: Any, tree: Tree, name: str, config: TrainConfig, out: Path,
@@ -45,14 +46,14 @@ def tree_job(space: Any, tree: Tree, name: str, config: TrainConfig, out: Path,
     """The job training the BranchedNet of ``tree`` into ``<out>/trees/<name>``."""
     return make_job("train_tree", {**_params(space, config, out, device), "tree": tree.to_json(),
                                    "name": name, "extra": dict(extra or {})},
-                    Path(out) / "trees" / name, job_resources(config))
+                    RunLayout(out).tree(name), job_resources(config, device))
 
 
 def baseline_job(space: Any, name: str, config: TrainConfig, out: Path,
                  device: Optional[str] = None) -> JobSpec:
     """The job training baseline ``name`` into ``<out>/baselines/<name>``."""
     return make_job("train_baseline", {**_params(space, config, out, device), "name": name},
-                    Path(out) / "baselines" / name, job_resources(config))
+                    RunLayout(out).baseline(name), job_resources(config, device))
 
 
 def _unpack(spec: Mapping[str, Any]) -> Any:
