@@ -52,6 +52,8 @@ __all__ = [
     "RunDir",
     "atomic_write_text",
     "atomic_write_with",
+    "discard_fresh_runs",
+    "forget_fresh_runs",
     "git_revision",
     "environment_info",
 ]
@@ -131,6 +133,34 @@ def _release(key: str, owner: Optional["RunDir"] = None) -> None:
         os.close(fd)  # closing the file releases the flock
     except OSError:
         pass
+
+
+# Runs this process began (start() made config.json) that have no checkpoint yet. When a
+# command then fails on bad input (bad data, a divergence in the first epoch, a full disk), the
+# CLI removes them (discard_fresh_runs), so a failed command leaves no half-made run directory
+# and the rerun with other settings is not refused as "a different config".
+_FRESH: Dict[str, "RunDir"] = {}
+
+
+def forget_fresh_runs() -> None:
+    """Stop tracking the runs begun so far (the CLI calls it when a command starts)."""
+    _FRESH.clear()
+
+
+def discard_fresh_runs() -> List[Path]:
+    """Remove every run directory this process began that holds no checkpoint yet.
+
+    Returns:
+        The removed run directories.
+    """
+    removed = []
+    for run in list(_FRESH.values()):
+        if run.discard_if_fresh():
+            removed.append(run.path)
+    _FRESH.clear()
+    if removed:
+        log.info("removed %d run directory(ies) that failed before their first checkpoint", len(removed))
+    return removed
 
 
 def _release_if_unowned(key: str) -> None:
@@ -295,6 +325,7 @@ class RunDir:
             self.check_config(config, ignore_keys)
         else:
             self._fresh = True
+            _FRESH[str(self.path.resolve())] = self
             if seed is None and "seed" in config:
                 seed = int(config["seed"])
             if seed is not None:
@@ -556,13 +587,35 @@ class RunDir:
 
         plain = _to_plain(dict(state))
         atomic_write_with(self.checkpoint_path, lambda f: torch.save(plain, f))
+        _FRESH.pop(str(self.path.resolve()), None)  # it has a state to resume from now
 
-    def damaged_checkpoint(self, exc: BaseException) -> BranchnasError:
+    def damaged_checkpoint(self, exc: BaseException, path: Optional[Path] = None) -> BranchnasError:
         """The one-line error for a checkpoint that cannot be read or does not fit the model."""
         return BranchnasError(
-            f"checkpoint {self.checkpoint_path} is damaged or not this run's ({_reason(exc)}); "
+            f"checkpoint {path or self.checkpoint_path} is damaged or not this run's ({_reason(exc)}); "
             f"delete it to retrain the run from scratch (or restore it from a backup)"
         )
+
+    def read_checkpoint_file(self, path: PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
+        """A checkpoint file of this run (``last.pt``, ``best.pt``) holding a model state.
+
+        Read with ``weights_only=True``: tensors and plain data only, nothing executes.
+
+        Raises:
+            BranchnasError: for a truncated, empty, foreign or malicious file, naming it.
+        """
+        import torch
+
+        path = Path(path)
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except MemoryError:
+            raise
+        except Exception as exc:  # torch raises many types for damaged files; all mean the same
+            raise self.damaged_checkpoint(exc, path) from None
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+            raise self.damaged_checkpoint(ValueError("no model state in it"), path)
+        return _from_plain(ckpt)
 
     def load_checkpoint(self, map_location: Any = "cpu") -> Optional[Dict[str, Any]]:
         """The last checkpoint, or None when there is none.
@@ -574,17 +627,7 @@ class RunDir:
         """
         if not self.checkpoint_path.is_file():
             return None
-        import torch
-
-        try:
-            ckpt = torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
-        except MemoryError:
-            raise
-        except Exception as exc:  # torch raises many types for damaged files; all mean the same
-            raise self.damaged_checkpoint(exc) from None
-        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-            raise self.damaged_checkpoint(ValueError("no model state in it"))
-        return _from_plain(ckpt)
+        return self.read_checkpoint_file(self.checkpoint_path, map_location)
 
     def model_state(self, map_location: Any = "cpu") -> Dict[str, Any]:
         """The model ``state_dict`` the run ends with: the convergence rule's best epoch
@@ -596,9 +639,7 @@ class RunDir:
         """
         best = self.checkpoint_path.parent / "best.pt"
         if best.is_file():
-            import torch
-
-            return torch.load(best, map_location=map_location, weights_only=True)["model"]
+            return self.read_checkpoint_file(best, map_location)["model"]
         ckpt = self.load_checkpoint(map_location)
         if ckpt is None:
             raise BranchnasError(f"run directory {self.path} has no checkpoint; train it first")
@@ -614,7 +655,8 @@ class RunDir:
         try:
             model.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise self.damaged_checkpoint(exc) from None
+            best = self.checkpoint_path.parent / "best.pt"
+            raise self.damaged_checkpoint(exc, best if best.is_file() else None) from None
 
     # ------------------------------------------------------------------ done marker
     def mark_done(self, result: Mapping[str, Any]) -> None:

@@ -516,13 +516,7 @@ def train(
                 num_workers=config.num_workers, worker_init_fn=_seed_worker,
                 pin_memory=session.device.type == "cuda",
             )
-        try:
-            trained = session.train_epoch(loader, epoch, steps)
-        except BranchnasError:  # bad data or a divergence before the first checkpoint: leave nothing
-            if main and epoch == 0:
-                run.discard_if_fresh()
-            raise
-        record: Dict[str, Any] = {"epoch": epoch + 1, **trained}
+        record: Dict[str, Any] = {"epoch": epoch + 1, **session.train_epoch(loader, epoch, steps)}
         if ctx is not None:
             ctx.average_buffers(session.model)  # BatchNorm statistics of every process's batches
         improved = False
@@ -631,7 +625,7 @@ def load_best(run: RunDir, map_location: Any = "cpu") -> Optional[Dict[str, Any]
     path = best_checkpoint_path(run)
     if not path.is_file():
         return None
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return run.read_checkpoint_file(path, map_location)  # a damaged file: one line naming it
 
 
 def _repair_best(run: RunDir, session: "_Session", conv: Convergence) -> None:
