@@ -462,6 +462,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     previous_sigterm = _sigterm_as_interrupt()
+    from .training.rundir import discard_fresh_runs, forget_fresh_runs
+
+    forget_fresh_runs()
     try:
         if distributed:
             _start_distributed(args._command)
@@ -470,12 +473,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_args(args)  # every option and input checked before any work (writes nothing)
         return _COMMANDS[args._command](args)
     except BranchnasError as exc:
+        discard_fresh_runs()  # run directories begun by this command with nothing in them yet
         return _error(exc)
     except (OSError, RuntimeError) as exc:  # the file system's failures: one line, the path, the fix
         from ._fs import fs_error, is_fs_failure
 
         if not is_fs_failure(exc):
             raise
+        discard_fresh_runs()
         return _error(fs_error(exc))
     except KeyboardInterrupt as exc:
         print("interrupted; run the same command again to resume", file=sys.stderr, flush=True)
