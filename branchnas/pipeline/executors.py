@@ -23,10 +23,14 @@ from .stages import run_baseline, run_singles, run_tree
 __all__ = ["single_job", "tree_job", "baseline_job", "job_resources"]
 
 
-def job_resources(config: TrainConfig) -> Dict[str, float]:
-    """What one training job asks an executor for: the CPU threads it trains with (GPUs are
-    the executor's setting, e.g. ``--gpus-per-job 0.25`` to share a GPU between small models)."""
-    return {"cpus": float(config.threads or 1)}
+def job_resources(config: TrainConfig, device: Optional[str] = None) -> Dict[str, float]:
+    """What one training job asks an executor for: the CPU threads it trains with, and no GPU
+    when it trains on the CPU (otherwise GPUs are the executor's setting, e.g.
+    ``--gpus-per-job 0.25`` to share a GPU between small models)."""
+    res = {"cpus": float(config.threads or 1)}
+    if device is not None and str(device).startswith("cpu"):
+        res["gpus"] = 0.0
+    return res
 
 
 def _params(space: Any, config: TrainConfig, out: Path, device: Optional[str]) -> Dict[str, Any]:

@@ -579,7 +579,8 @@ class _Tuning:
     epochs: int
     batch_sizes: List[int]
     params: Dict[str, Any]
-    root: Path
+    layout: Any
+    space_name: str
     resources: Dict[str, float]
 
 
@@ -633,8 +634,8 @@ def _prepare(space: Any, model: str, trials: int, out_dir: PathLike, storage: Op
               "pruner_startup_trials": pruner_startup_trials,
               "pruner_warmup_epochs": pruner_warmup_epochs, "device": device}
     return _Tuning(study=study, trials=trials, epochs=base.epochs, batch_sizes=batch_sizes,
-                   params=params, root=RunLayout(out_dir).tuned_dir(name) / model_slug(model),
-                   resources=job_resources(base))
+                   params=params, layout=RunLayout(out_dir), space_name=name,
+                   resources=job_resources(base, device))
 
 
 def _root_number(frozen: Any) -> int:
@@ -650,7 +651,7 @@ def _root_number(frozen: Any) -> int:
 
 def _trial_job(t: _Tuning, number: int, root: int, settings: Mapping[str, Any]) -> JobSpec:
     return make_job("tune_trial", {**t.params, "trial": number, "settings": dict(settings)},
-                    t.root / f"trial-{root:03d}", t.resources)
+                    t.layout.tuning_trial(t.space_name, t.params["model"], root), t.resources)
 
 
 def _latest_attempts(frozen: Sequence[Any]) -> Dict[int, Any]:
