@@ -597,46 +597,75 @@ sys.path[:0] = {paths!r}
 import branchnas.training.rundir as rundir
 from branchnas.cli import main
 
-mode, calls = {mode!r}, []
+calls = []
 real = rundir.RunDir.save_checkpoint
 
-def save(self, state):
+def save(self, state):  # die half-way through writing the second checkpoint's temp file
     calls.append(1)
     if len(calls) == 2:
-        if mode == "sigkill":  # die half-way through writing the checkpoint's temp file
-            def torn(f):
-                f.write(b"x" * 100000); f.flush(); os.kill(os.getpid(), signal.SIGKILL)
-            rundir.atomic_write_with(self.checkpoint_path, torn)
-        os.kill(os.getpid(), getattr(signal, mode.upper()))
+        def torn(f):
+            f.write(b"x" * 100000); f.flush(); os.kill(os.getpid(), signal.SIGKILL)
+        rundir.atomic_write_with(self.checkpoint_path, torn)
     return real(self, state)
 
 rundir.RunDir.save_checkpoint = save
-sys.exit(main(["train-single", "--space", {space!r}, "--out", {out!r}, "--tasks", "depth", "--epochs", "3"]))
+sys.exit(main({argv!r}))
 """
 
 
-@pytest.mark.parametrize("mode", ["sigterm", "sigint", "sigkill"])
-def test_signal_then_rerun_completes_without_temp_files(tmp_path, mode):
+def _tiny_argv(tmp_path):
     space = tmp_path / "tiny.toml"
     space.write_text(TINY_SPACE)
+    return ["train-single", "--space", str(space), "--out", str(tmp_path / "out"), "--tasks", "depth",
+            "--epochs", "3"]
+
+
+def _epochs(out):
+    lines = (out / "single" / "depth" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["epoch"] for line in lines]
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_sigterm_and_sigint_print_the_resume_hint_and_resume(tmp_path, capsys, monkeypatch, cache_dir,
+                                                             signum, status):
+    import branchnas.training.rundir as rundir
+
+    monkeypatch.setenv("BRANCHNAS_CACHE", cache_dir)
+    argv, calls, real = _tiny_argv(tmp_path), [], rundir.RunDir.save_checkpoint
+
+    def save(self, state):
+        real(self, state)
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signum)  # the handler raises here, after the first checkpoint
+
+    monkeypatch.setattr(rundir.RunDir, "save_checkpoint", save)
+    rc, out, err = run_cli(argv, capsys)
+    assert rc == status and "run the same command again to resume" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is not None  # main put the previous handler back
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    monkeypatch.setattr(rundir.RunDir, "save_checkpoint", real)
+    assert run_cli(argv, capsys)[0] == 0
+    assert _epochs(tmp_path / "out") == [1, 2, 3]
+    # bit-identical to a run that was never interrupted
+    straight = argv[:4] + [str(tmp_path / "straight")] + argv[5:]
+    assert run_cli(straight, capsys)[0] == 0
+    a = rundir.RunDir(tmp_path / "out" / "single" / "depth").load_checkpoint()["model"]
+    b = rundir.RunDir(tmp_path / "straight" / "single" / "depth").load_checkpoint()["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_run_leaves_no_temp_file_once_rerun(tmp_path, capsys, monkeypatch, cache_dir):
+    monkeypatch.setenv("BRANCHNAS_CACHE", cache_dir)
+    argv = _tiny_argv(tmp_path)
     out = tmp_path / "out"
-    env = dict(os.environ, BRANCHNAS_CACHE=str(tmp_path / "cache"))
-    script = SCRIPT.format(paths=sys.path, mode=mode, space=str(space), out=str(out))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    if mode == "sigkill":
-        assert proc.returncode == -signal.SIGKILL, proc.stderr
-        assert list(out.rglob(".*.tmp")), "the kill should have left a temp file"
-    else:
-        assert proc.returncode == {"sigterm": 143, "sigint": 130}[mode], proc.stderr
-        assert "run the same command again to resume" in proc.stderr and "Traceback" not in proc.stderr
-        assert not list(out.rglob(".*.tmp"))
-    rerun = subprocess.run([sys.executable, "-m", "branchnas", "train-single", "--space", str(space), "--out",
-                            str(out), "--tasks", "depth", "--epochs", "3"], env=env, capture_output=True,
-                           text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(paths=sys.path, argv=argv)],
+                          env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert list(out.rglob(".*.tmp")), "the kill should have left a temp file"
+    assert run_cli(argv, capsys)[0] == 0
     assert not list(out.rglob("*.tmp")), "a temp file outlived its run"
-    metrics = [json.loads(line)["epoch"] for line in (out / "single" / "depth" / "metrics.jsonl").read_text().splitlines()]
-    assert metrics == [1, 2, 3]
+    assert _epochs(out) == [1, 2, 3]
 
 
 def test_full_disk_while_checkpointing_is_one_line_and_leaves_no_temp_file(tmp_path, capsys, monkeypatch):
