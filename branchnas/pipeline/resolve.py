@@ -88,7 +88,8 @@ DEFAULT_STUDY_PROFILE = "study"
 DEFAULT_STUDY_SHARED_PREFIX = 1  # blocks shared by all tasks; branching over the rest
 DEFAULT_STUDY_SEEDS: Tuple[int, ...] = (0, 1, 2)  # seed 0 trains every tree, the others a subset
 DEFAULT_RANDOM_DRAWS = 20  # seeds of the random strategy per budget
-DEFAULT_RESULTS_DIR = "results/validation"  # where the study's tables and plots go
+DEFAULT_RESULTS_DIR = "runs/validation/results"  # the study's tables and plots (git-ignored; the
+# committed studies under results/validation/ name --results-dir explicitly)
 
 # Profiles scale the work; each key is optional (a missing one leaves the layer below):
 #   tasks: the tasks used when none are given (default: all of the space's)
