@@ -357,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "else beam (default: %(default)s)")
     p.add_argument("--beam-width", type=int, default=10, help="beam: partial trees kept per depth (paper: 10)")
     p.add_argument("--max-branches", type=int, help="beam: most subgroups a group splits into")
-    p.add_argument("--shared-prefix", type=int, default=0, help="force the first k blocks to be shared")
+    p.add_argument("--shared-prefix", type=int, default=None,
+                   help="force the first k blocks to be shared (default: the space's "
+                        "[search] shared_prefix, else 0)")
     p.add_argument("--top", type=int, default=3, help="trees to show (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for random/beam (default: %(default)s)")
     p.add_argument("--format", choices=["table", "json", "tree"], default="table")

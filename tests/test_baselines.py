@@ -148,9 +148,9 @@ def test_soft_sharing_task_ownership(space):
         ("cross_stitch", {"alpha_d": -0.1}, "other-task weight"),
         ("cross_stitch", {"unit_lr_mult": 0}, "unit_lr_mult"),
         ("nddr", {"alpha": 2.0}, "self weight"),
-        ("nddr", {"alpha_s": 0.9}, "options are: alpha, beta, unit_lr_mult"),
+        ("nddr", {"alpha_s": 0.9}, "does not take 'alpha_s'; it takes: alpha, beta, unit_lr_mult"),
         ("mtan", {"reduction": 0}, "reduction"),
-        ("single", {"alpha": 0.9}, "no option"),
+        ("single", {"alpha": 0.9}, "it takes: no options"),
     ],
 )
 def test_bad_options_are_one_line_errors(space, name, kw, match):
@@ -427,3 +427,59 @@ def test_vector_blocks_forward_backward(name):
     assert {t: tuple(o.shape) for t, o in out.items()} == {"a": (2, 1), "b": (2, 1)}
     sum(o.pow(2).mean() for o in out.values()).backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+# ---------------------------------------------------------------------- registry metadata
+_KNOWN_META = {"reuses_single", "tree", "count_params", "init_from_single", "training",
+               "unit_lr_mult", "marker", "colour"}
+
+
+@pytest.mark.parametrize("name", list_baselines())
+def test_metadata_is_what_the_pipeline_reads(space, name):
+    """Every baseline's metadata: known keys, a drawable style, a valid protocol, and the
+    capabilities it declares (init_from_single, tree, count_params) actually present."""
+    from branchnas.models.baselines import baseline_meta, model_style
+    from branchnas.training import TrainConfig
+
+    meta = baseline_meta(name)
+    assert set(meta) <= _KNOWN_META
+    marker, colour = model_style(name)
+    assert marker in {"o", "s", "D", "^", "v", "P"} and colour.startswith("#") and len(colour) == 7
+    TrainConfig.from_sources(None, meta.get("training"))  # valid training settings
+    model = _build(name, space, 2)
+    if meta.get("init_from_single"):
+        assert callable(getattr(model, "init_from_single", None))
+    if "tree" in meta:
+        tree = meta["tree"](space.task_names[:2], space.depth)
+        assert isinstance(model, BranchedNet) and model.tree == tree
+    if "count_params" in meta:
+        assert meta["count_params"](space, space.task_names[:2]) == sum(
+            p.numel() for p in model.parameters())
+    if "unit_lr_mult" in meta:
+        lrs = {g["name"]: g["lr"] for g in model.param_groups(1.0)}
+        assert lrs["units"] == pytest.approx(meta["unit_lr_mult"])
+    baseline_meta(name).clear()  # a copy: the registry is untouched
+    assert baseline_meta(name) == meta
+
+
+def test_the_papers_soft_sharing_protocol():
+    """Appendix A: cross-stitch / NDDR-CNN start from the best single-task models and train
+    with SGD, lr 1e-3, momentum 0.9, their units at 100x the base rate; the others carry no
+    protocol of their own; no function carries a monkey-patched attribute any more."""
+    from branchnas.models.baselines import baseline_meta, fully_shared_net, single_task_net
+
+    for name in ("cross_stitch", "nddr"):
+        meta = baseline_meta(name)
+        assert meta["init_from_single"] is True and meta["unit_lr_mult"] == 100.0
+        assert meta["training"] == {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9}
+    for name in ("shared", "mtan", "single"):
+        assert "training" not in baseline_meta(name)
+        assert not baseline_meta(name).get("init_from_single")
+    assert baseline_meta("single")["reuses_single"] is True
+    assert not hasattr(single_task_net, "count_params")
+    assert not hasattr(fully_shared_net, "count_params")
+
+
+def test_unknown_metadata_is_refused():
+    with pytest.raises(BranchnasError, match="unknown metadata init_from_singles"):
+        register_baseline("typo", MTAN, init_from_singles=True)

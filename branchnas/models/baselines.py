@@ -20,9 +20,32 @@ and ``task_parameters(task)``; the soft-sharing ones also ``param_groups(base_lr
 (cross-stitch and NDDR units at ``unit_lr_mult`` × ``base_lr``) and, for cross-stitch and
 NDDR, ``init_from_single(...)``.
 
-A registered baseline is a callable ``factory(space, tasks=None, **options) -> nn.Module``;
-if it has a ``count_params(space, tasks=None, **options)`` attribute,
-:func:`baseline_params` uses it, otherwise it builds the model on the meta device.
+A registered baseline is a callable ``factory(space, tasks=None, **options) -> nn.Module``
+with metadata (:func:`baseline_meta`) saying what the pipeline must do for it, so no caller
+switches on a name:
+
+========================  ==========================================================
+key                       meaning
+========================  ==========================================================
+``reuses_single``         it *is* the single-task networks (nothing of its own to train)
+``tree``                  ``(tasks, depth) -> Tree`` of a BranchedNet baseline (FLOPs)
+``count_params``          ``(space, tasks=None, **options) -> int`` in closed form;
+                          without it :func:`baseline_params` counts on the meta device
+``init_from_single``      starts from the converged single-task networks' weights
+                          (``model.init_from_single``), as its paper does
+``training``              training settings its paper's protocol fixes; the config
+                          resolver applies them over the space and profile, below
+                          tuned settings and the command line
+``unit_lr_mult``          learning rate of its sharing units relative to the base rate,
+                          the default of its ``unit_lr_mult`` option
+``marker``, ``colour``    its style in the Pareto plots (matplotlib marker, hex colour)
+========================  ==========================================================
+
+The paper's protocol (appendix A, Cityscapes; reused for Taskonomy in appendix B):
+cross-stitch and NDDR-CNN are "initialized from the set of the best single-task models";
+"the Adam optimizer broke the initialization", so they train with SGD, initial learning
+rate 1e-3, momentum 0.9, their units at "a learning rate that is 100 times higher than the
+base learning rate". MTAN and the shared network train like the other multi-task models.
 
 Example:
     >>> from branchnas.spaces import load_space                # doctest: +SKIP
@@ -33,13 +56,12 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import logging
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
-from .._registry import Registry
+from .._registry import Registry, check_kwargs
 from ..accounting import tree_params
 from ..errors import BranchnasError
 from ..tree import Tree
@@ -54,6 +76,9 @@ __all__ = [
     "get_baseline",
     "create_baseline",
     "baseline_params",
+    "baseline_meta",
+    "model_style",
+    "PAPER_SOFT_SHARING_TRAINING",
     "single_task_net",
     "fully_shared_net",
 ]
@@ -63,16 +88,49 @@ logger = logging.getLogger(__name__)
 _BASELINES: Registry[Callable[..., nn.Module]] = Registry("baseline")
 
 
-def register_baseline(name: str, factory: Optional[Callable[..., nn.Module]] = None) -> Any:
+# Appendix A: "stochastic gradient descent with initial learning rate 1e-3 and momentum 0.9"
+# (Adam "broke the initialization" from the single-task models).
+PAPER_SOFT_SHARING_TRAINING: Dict[str, Any] = {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9}
+
+# The Pareto style of a model that is no registered baseline (the searched trees).
+_TREE_STYLE: Tuple[str, str] = ("o", "#1f77b4")
+_META_KEYS = frozenset({"reuses_single", "tree", "count_params", "init_from_single", "training",
+                        "unit_lr_mult", "marker", "colour"})
+
+
+def register_baseline(name: str, factory: Optional[Callable[..., nn.Module]] = None,
+                      **meta: Any) -> Any:
     """Register a baseline factory ``(space, tasks=None, **options) -> nn.Module``.
 
-    Usable as ``register_baseline("name", factory)`` or as a decorator
-    ``@register_baseline("name")``.
+    Usable as ``register_baseline("name", factory, **meta)`` or as a decorator
+    ``@register_baseline("name", **meta)``; ``meta`` keys are listed in the module docstring.
 
     Raises:
-        BranchnasError: if ``name`` is taken.
+        BranchnasError: if ``name`` is taken or a metadata key is unknown.
     """
-    return _BASELINES.register(name, factory)
+    unknown = sorted(set(meta) - _META_KEYS)
+    if unknown:
+        raise BranchnasError(f"baseline {name!r}: unknown metadata {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(_META_KEYS))}")
+    return _BASELINES.register(name, factory, **meta)
+
+
+def baseline_meta(name: str) -> Dict[str, Any]:
+    """The metadata of baseline ``name`` (a copy; see the module docstring).
+
+    Raises:
+        BranchnasError: for an unknown name, listing the known ones.
+    """
+    return _BASELINES.meta(name)
+
+
+def model_style(kind: str) -> Tuple[str, str]:
+    """``(marker, colour)`` of a result's model kind in the Pareto plots: the baseline's
+    registered style, else the trees' (``"o"``, blue)."""
+    if kind in _BASELINES:
+        meta = _BASELINES.meta(kind)
+        return meta.get("marker", _TREE_STYLE[0]), meta.get("colour", _TREE_STYLE[1])
+    return _TREE_STYLE
 
 
 def list_baselines() -> List[str]:
@@ -89,24 +147,14 @@ def get_baseline(name: str) -> Callable[..., nn.Module]:
     return _BASELINES.get(name)
 
 
-def _check_options(name: str, factory: Callable[..., Any], options: dict) -> None:
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):  # builtins without a signature: let the call decide
-        return
-    params = sig.parameters.values()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return
-    accepted = [p.name for p in params
-                if p.kind in (inspect.Parameter.KEYWORD_ONLY,
-                              inspect.Parameter.POSITIONAL_OR_KEYWORD)
-                and p.name not in ("self", "space", "tasks")]
-    unknown = [k for k in options if k not in accepted]
-    if unknown:
-        raise BranchnasError(
-            f"baseline {name!r} has no option(s) {', '.join(unknown)}; "
-            f"its options are: {', '.join(accepted) or 'none'}"
-        )
+def _options(name: str, options: Dict[str, Any]) -> Dict[str, Any]:
+    """``options`` checked against the factory's signature, with the registry's defaults."""
+    factory = get_baseline(name)
+    check_kwargs(factory, options, f"baseline {name!r}", reserved=("space", "tasks"))
+    meta = _BASELINES.meta(name)
+    if "unit_lr_mult" in meta:
+        options = {"unit_lr_mult": float(meta["unit_lr_mult"]), **options}
+    return options
 
 
 def create_baseline(
@@ -129,8 +177,7 @@ def create_baseline(
         BranchnasError: for an unknown baseline, task or option, or bad option values.
     """
     factory = get_baseline(name)
-    _check_options(name, factory, options)
-    model = factory(space=space, tasks=tasks, **options)
+    model = factory(space=space, tasks=tasks, **_options(name, options))
     logger.info("built baseline %s: %d parameters", name,
                 sum(p.numel() for p in model.parameters()))
     return model
@@ -141,15 +188,15 @@ def baseline_params(
 ) -> int:
     """Exact parameter count of a baseline, without building it on a real device.
 
-    Uses the factory's ``count_params`` (closed forms over the space's block metadata) when
-    it has one, otherwise builds the model on the meta device and counts.
+    Uses the registered ``count_params`` (closed forms over the space's block metadata) when
+    there is one, otherwise builds the model on the meta device and counts.
 
     Raises:
         BranchnasError: as :func:`create_baseline`.
     """
     factory = get_baseline(name)
-    _check_options(name, factory, options)
-    count = getattr(factory, "count_params", None)
+    options = _options(name, options)
+    count = _BASELINES.meta(name).get("count_params")
     if count is not None:
         return int(count(space, tasks, **options))
     import torch  # local: only this fallback needs the device context
@@ -180,11 +227,14 @@ def _tree_count(make_tree: Callable[[Sequence[str], int], Tree]) -> Callable[...
     return count
 
 
-single_task_net.count_params = _tree_count(Tree.single_task)  # type: ignore[attr-defined]
-fully_shared_net.count_params = _tree_count(Tree.fully_shared)  # type: ignore[attr-defined]
-
-register_baseline("single", single_task_net)
-register_baseline("shared", fully_shared_net)
-register_baseline("cross_stitch", CrossStitchNet)
-register_baseline("mtan", MTAN)
-register_baseline("nddr", NDDRNet)
+register_baseline("single", single_task_net, reuses_single=True, tree=Tree.single_task,
+                  count_params=_tree_count(Tree.single_task), marker="s", colour="#7f7f7f")
+register_baseline("shared", fully_shared_net, tree=Tree.fully_shared,
+                  count_params=_tree_count(Tree.fully_shared), marker="D", colour="#8c564b")
+register_baseline("cross_stitch", CrossStitchNet, count_params=CrossStitchNet.count_params,
+                  init_from_single=True, training=dict(PAPER_SOFT_SHARING_TRAINING),
+                  unit_lr_mult=100.0, marker="^", colour="#2ca02c")
+register_baseline("mtan", MTAN, count_params=MTAN.count_params, marker="v", colour="#9467bd")
+register_baseline("nddr", NDDRNet, count_params=NDDRNet.count_params, init_from_single=True,
+                  training=dict(PAPER_SOFT_SHARING_TRAINING), unit_lr_mult=100.0, marker="P",
+                  colour="#d62728")

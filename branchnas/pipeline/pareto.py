@@ -12,15 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 __all__ = ["pareto_front", "pareto_data", "plot_pareto", "write_pareto"]
 
-# Marker per model kind; trees get the default.
-_STYLE = {
-    "single": ("s", "tab:gray"),
-    "shared": ("D", "tab:brown"),
-    "cross_stitch": ("^", "tab:green"),
-    "mtan": ("v", "tab:purple"),
-    "nddr": ("P", "tab:red"),
-    "tree": ("o", "tab:blue"),
-}
+# Marker and colour per model kind: each baseline's registry metadata
+# (branchnas.models.baselines.model_style); trees get the default.
 
 
 def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
@@ -77,11 +70,13 @@ def plot_pareto(data: Dict[str, Any], ax: Any = None, title: str = "") -> Any:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from ..models.baselines import model_style
+
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
     seen = set()
     for p in data["points"]:
-        marker, colour = _STYLE.get(p["model"], _STYLE["tree"])
+        marker, colour = model_style(p["model"])
         label = p["model"] if p["model"] not in seen else None
         seen.add(p["model"])
         ax.scatter(p["params"], p["delta_m"], marker=marker, color=colour, s=45, label=label,

@@ -24,10 +24,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["pareto_svg", "point_details", "report_pareto_svg"]
 
-# Marker and colour per model kind, as in the PNG (pareto._STYLE's matplotlib colours).
-_SHAPES = {"single": "s", "shared": "D", "cross_stitch": "^", "mtan": "v", "nddr": "P", "tree": "o"}
-_COLOURS = {"single": "#7f7f7f", "shared": "#8c564b", "cross_stitch": "#2ca02c",
-            "mtan": "#9467bd", "nddr": "#d62728", "tree": "#1f77b4"}
+# Marker and colour per model kind, as in the PNG: each baseline's registry metadata
+# (branchnas.models.baselines.model_style); trees get the default.
 
 
 def _nice_step(span: float, target: int = 5) -> float:
@@ -67,13 +65,16 @@ def _marker(shape: str, x: float, y: float, colour: str, r: float = 5.5) -> str:
         return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" {style}/>'
     if shape == "s":
         return f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{2 * r}" height="{2 * r}" {style}/>'
-    pts = {
+    polygons = {
         "D": [(0, -r * 1.2), (r * 1.2, 0), (0, r * 1.2), (-r * 1.2, 0)],
         "^": [(0, -r * 1.2), (r * 1.1, r * 0.9), (-r * 1.1, r * 0.9)],
         "v": [(0, r * 1.2), (r * 1.1, -r * 0.9), (-r * 1.1, -r * 0.9)],
         "P": [(-r / 3, -r), (r / 3, -r), (r / 3, -r / 3), (r, -r / 3), (r, r / 3), (r / 3, r / 3),
               (r / 3, r), (-r / 3, r), (-r / 3, r / 3), (-r, r / 3), (-r, -r / 3), (-r / 3, -r / 3)],
-    }[shape]
+    }
+    if shape not in polygons:  # a marker this drawing has no shape for: a circle
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r}" {style}/>'
+    pts = polygons[shape]
     return '<polygon points="' + " ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in pts) + f'" {style}/>'
 
 
@@ -90,6 +91,8 @@ def pareto_svg(data: Mapping[str, Any], details: Optional[Mapping[str, str]] = N
     Returns:
         ``<svg>...</svg>`` text; every point is a ``<g class="point">`` with a ``<title>``.
     """
+    from ..models.baselines import model_style
+
     column = data.get("column", "delta_m")
     points = [p for p in data["points"] if p.get(column) is not None and p["params"] > 0]
     left, right, top, bottom = 64, 20, 16, 46
@@ -148,9 +151,9 @@ def pareto_svg(data: Mapping[str, Any], details: Optional[Mapping[str, str]] = N
                 tip.append(f"{label} {p[key]:+.2f}%")
         if details and details.get(p["name"]):
             tip += ["", details[p["name"]]]
-        model = p["model"] if p["model"] in _SHAPES else "tree"
+        shape, colour = model_style(p["model"])
         parts.append(f'<g class="point"><title>{html.escape(chr(10).join(tip))}</title>'
-                     + _marker(_SHAPES[model], x, y, _COLOURS[model])
+                     + _marker(shape, x, y, colour)
                      + f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" fill="#333">{html.escape(p["name"])}</text></g>')
     parts.append("</svg>")
     return "".join(parts)

@@ -119,7 +119,7 @@ def recommend(space: Optional[Any] = None, affinity: Optional[Union[str, Path]] 
               block_params: Optional[Union[str, Sequence[int]]] = None,
               budget: Optional[Union[int, str]] = None, budget_flops: Optional[Union[int, str]] = None,
               strategy: str = "auto", top_k: int = 3, beam_width: int = 10,
-              max_branches: Optional[int] = None, shared_prefix: int = 0, seed: int = 0,
+              max_branches: Optional[int] = None, shared_prefix: Optional[int] = None, seed: int = 0,
               runs: Optional[Union[str, Path]] = None) -> Recommendation:
     """Search the best trees for a budget.
 
@@ -132,7 +132,8 @@ def recommend(space: Optional[Any] = None, affinity: Optional[Union[str, Path]] 
         budget / budget_flops: a parameter or FLOPs budget (strings like "12M" accepted).
         strategy: a registered strategy, or "auto" (:func:`auto_strategy`: exhaustive for up to
             2M trees, then exact up to 10 tasks, beam beyond).
-        top_k, beam_width, max_branches, shared_prefix, seed: see :func:`branchnas.search.search`.
+        top_k, beam_width, max_branches, shared_prefix, seed: see :func:`branchnas.search.search`;
+            ``shared_prefix`` None: the space's ``[search] shared_prefix`` (0 without a space).
         runs: the run directory whose computed affinity is preferred.
 
     Raises:
@@ -188,6 +189,8 @@ def recommend(space: Optional[Any] = None, affinity: Optional[Union[str, Path]] 
                 f"--block-params gives {len(sizes)} blocks but the affinity has {depth} locations; "
                 f"give exactly {depth} values"
             )
+    if shared_prefix is None:  # the space says which blocks every tree shares
+        shared_prefix = sp.shared_prefix if sp is not None else 0
     if strategy == "auto":
         strategy = auto_strategy(len(tasks), depth, shared_prefix)
     kind = "flops" if budget_flops is not None else "params"

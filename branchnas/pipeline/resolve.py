@@ -179,8 +179,10 @@ def profile_space(space: Any, profile: Optional[str], tasks: Optional[Sequence[s
 
 def resolve_training(space: Any, profile: Optional[str] = None, *,
                      tuned: Optional[Mapping[str, Any]] = None, tuned_from: str = "",
-                     overrides: Optional[Mapping[str, Any]] = None) -> Any:
-    """A model's training config: defaults < space < profile < tuned < command line.
+                     overrides: Optional[Mapping[str, Any]] = None,
+                     protocol: Optional[Mapping[str, Any]] = None) -> Any:
+    """A model's training config: defaults < space < profile < the model's protocol < tuned
+    < command line.
 
     Args:
         space: the ``SearchSpace`` (its ``training`` table).
@@ -188,6 +190,8 @@ def resolve_training(space: Any, profile: Optional[str] = None, *,
         tuned: the tuned settings of the model (``{}``/None: not tuned).
         tuned_from: where ``tuned`` was read (for error messages).
         overrides: the command line's settings (None values: not given).
+        protocol: what the paper's protocol fixes for this model (a baseline's registered
+            ``training`` metadata, e.g. SGD for cross-stitch; see :func:`model_protocol`).
 
     Returns:
         The validated :class:`~branchnas.training.TrainConfig`.
@@ -202,9 +206,26 @@ def resolve_training(space: Any, profile: Optional[str] = None, *,
     return TrainConfig.from_layers((
         (f"search space {space.name!r} [training]", space.training),
         (f"profile {name!r}", get_profile(name).get("training")),
+        ("paper's protocol for the model", protocol),
         (tuned_layer, tuned),
         ("command line", overrides),
     ))
+
+
+def model_protocol(model: Any) -> Dict[str, Any]:
+    """The training settings the paper's protocol fixes for ``model`` (a model id): a
+    baseline's registered ``training`` metadata (cross-stitch and NDDR-CNN: SGD, lr 1e-3,
+    momentum 0.9, appendix A); ``{}`` for every other model."""
+    from ..models.baselines import baseline_meta, list_baselines
+
+    if not isinstance(model, str) or model not in list_baselines():
+        return {}
+    return dict(baseline_meta(model).get("training") or {})
+
+
+def _is_tree_model(model: Any) -> bool:
+    return (isinstance(model, str) and model.startswith("tree:")) or \
+        type(model).__name__ == "Tree"
 
 
 def check_device(device: Optional[str]) -> Optional[str]:
@@ -298,8 +319,13 @@ class RunSpec:
         (``validate``'s seeds).
         """
         tuned, source = self.tuned_settings(model)
+        if not source and _is_tree_model(model):
+            # appendix A: "Branched multi-task network: We reuse the hyperparameter setting
+            # with the best result for the baseline multi-task network"
+            tuned, source = self.tuned_settings("shared")
         return resolve_training(self.space, self.profile, tuned=tuned, tuned_from=source,
-                                overrides={**self.overrides, **fixed})
+                                overrides={**self.overrides, **fixed},
+                                protocol=model_protocol(model))
 
 
 def resolve_run(space: Any, *, profile: Optional[str] = None, tasks: Optional[Sequence[str]] = None,

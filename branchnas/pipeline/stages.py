@@ -3,8 +3,10 @@
 - :func:`run_singles`: one single-task network per task (``<out>/single/<task>/``), the
   reference every Δm is measured against.
 - :func:`run_tree`: a BranchedNet of a given tree (``<out>/trees/<name>/``).
-- :func:`run_baseline`: a registered baseline (``<out>/baselines/<name>/``); cross-stitch and
-  NDDR-CNN start from the single-task weights, as their papers do.
+- :func:`run_baseline`: a registered baseline (``<out>/baselines/<name>/``), as its registry
+  metadata says (:func:`~branchnas.models.baselines.baseline_meta`): cross-stitch and NDDR-CNN
+  start from the converged single-task weights, as the paper does (its SGD settings reach
+  them through the config resolver, :func:`~branchnas.pipeline.resolve.model_protocol`).
 
 Each writes a :class:`~branchnas.pipeline.results.ModelResult` (``result.json``) beside the
 trainer's files, so :func:`~branchnas.pipeline.results.results_table` sees every model. A stage
@@ -23,15 +25,11 @@ from ..training import TrainConfig, load_single_task_model, single_run_dir, trai
 from ..tree import Tree
 from .results import RESULT_FILE, ModelResult, read_result, write_result
 
-__all__ = ["run_singles", "run_tree", "run_baseline", "single_metrics", "model_delta_m",
-           "INIT_FROM_SINGLE"]
+__all__ = ["run_singles", "run_tree", "run_baseline", "single_metrics", "model_delta_m"]
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-
-# Baselines that start from the trained single-task networks (their papers do so).
-INIT_FROM_SINGLE = ("cross_stitch", "nddr")
 
 
 def _metrics_only(result: Mapping[str, Any], tasks: Sequence[str]) -> Dict[str, Dict[str, float]]:
@@ -146,16 +144,18 @@ def run_baseline(space: Any, name: str, out_dir: PathLike, config: TrainConfig,
                  device: Any = None, options: Optional[Dict[str, Any]] = None) -> ModelResult:
     """Train (or reuse) a baseline (``single``, ``shared``, ``cross_stitch``, ``mtan``, ``nddr``).
 
-    ``single`` is the single-task networks themselves; the others are trained on all tasks.
-    Cross-stitch and NDDR-CNN are initialised from the trained single-task networks.
+    What it needs comes from its registry metadata: ``reuses_single`` (``single``: the
+    single-task networks themselves), ``init_from_single`` (cross-stitch, NDDR-CNN: start
+    from the converged single-task networks), ``tree`` (a BranchedNet baseline's tree, for
+    its FLOPs). ``config`` is the baseline's own (``RunSpec.train_config(name)``: the
+    paper's protocol included).
     """
     import torch
 
-    from ..models.baselines import baseline_params, create_baseline, list_baselines
+    from ..models.baselines import baseline_meta, baseline_params, create_baseline
 
-    if name not in list_baselines():
-        raise BranchnasError(f"unknown baseline {name!r}; choose one of: {', '.join(list_baselines())}")
-    if name == "single":
+    meta = baseline_meta(name)  # an unknown name is an error listing the known ones
+    if meta.get("reuses_single"):
         singles = run_singles(space, out_dir, config, device=device)
         sizes = [r.params for r in singles.values()]
         return ModelResult(model="single", name="single-task", space=space.name,
@@ -166,16 +166,25 @@ def run_baseline(space: Any, name: str, out_dir: PathLike, config: TrainConfig,
     run_path = Path(out_dir) / "baselines" / name
     torch.manual_seed(config.seed)
     model = create_baseline(name, space, **options)
-    if name in INIT_FROM_SINGLE and not (run_path / RESULT_FILE).exists():
-        run_singles(space, out_dir, config, device=device)
+    if meta.get("init_from_single") and not (run_path / RESULT_FILE).exists():
+        missing = [t for t in space.task_names if not single_run_dir(out_dir, t).is_done()]
+        if missing:
+            # not trained here: `config` is this baseline's (the paper's SGD), not theirs
+            raise BranchnasError(
+                f"baseline {name!r} starts from the converged single-task networks, and "
+                f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not trained in "
+                f"{out_dir}; run `branchnas train-single` with the same --space and --out first")
+        # the converged weights: the best epoch's (RunDir.model_state)
         model.init_from_single({t: load_single_task_model(space, t, out_dir) for t in space.task_names})
-    tree = None
-    if name == "shared":
-        tree = space.fully_shared_tree()
+    make_tree = meta.get("tree")
+    tree = make_tree(list(space.task_names), space.depth) if make_tree is not None else None
     flops = space.tree_flops(tree) if tree is not None else None
     return _train_and_record(
         model, name, name, run_path, space, config, out_dir, device,
         params=baseline_params(name, space, **options), flops=flops, tree=tree,
-        meta={"stage": "baseline", "space": space.name, "baseline": name, "options": options},
+        meta={"stage": "baseline", "space": space.name, "baseline": name, "options": options,
+              # the protocol, recorded: its starting weights and its units' rate factor
+              "init_from_single": bool(meta.get("init_from_single")),
+              "unit_lr_mult": options.get("unit_lr_mult", meta.get("unit_lr_mult"))},
         extra={"options": options} if options else None)
 

@@ -31,8 +31,12 @@ fails with a one-line error naming the file and the key)::
     primary = "miou"             # optional: the metric Δm uses (default: the type's)
 
     [training]                   # optional flat table of training defaults (read by the
-    optimizer = "sgd"            # trainer; values are strings, numbers, booleans or lists)
-    lr = 0.01
+    optimizer = "sgd"            # trainer; values are strings, numbers, booleans or lists,
+    lr = 0.01                    # or a table of those: task_weights = { keypoints = 10 })
+
+    [search]                     # optional
+    shared_prefix = 1            # blocks every tree shares; branching only over the rest
+                                 # (the paper's Cityscapes trees branch in blocks 2-4 only)
 
 ``cuts`` lists the backbone blocks after which tasks may branch; the last block is always
 a cut. Consecutive backbone blocks between two cuts form one block of the space, so the
@@ -73,7 +77,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_TOP_KEYS = ("description", "backbone", "input", "dataset", "heads", "tasks", "training")
+_TOP_KEYS = ("description", "backbone", "input", "dataset", "heads", "tasks", "training",
+             "search")
 _TASK_KEYS = ("name", "type", "params", "head", "head_params", "primary")
 
 
@@ -185,6 +190,9 @@ class _Checker:
 def _plain_value(v: Any) -> bool:
     if isinstance(v, (str, bool, int, float)):
         return True
+    if isinstance(v, Mapping):  # e.g. task_weights = { keypoints = 10 }: one level of scalars
+        return all(isinstance(k, str) and isinstance(x, (str, bool, int, float))
+                   for k, x in v.items())
     return isinstance(v, list) and all(isinstance(x, (str, bool, int, float)) for x in v)
 
 
@@ -205,6 +213,8 @@ class SearchSpace:
         head_kwargs: task name → head options.
         dataset: ``{"name": ..., **kwargs}``.
         training: flat dict of training defaults.
+        shared_prefix: blocks every tree of the space shares (``[search] shared_prefix``);
+            the search, the pipeline and the validation study branch over the rest only.
         description: free text.
         source: where the space came from (a file path), for messages.
 
@@ -230,6 +240,7 @@ class SearchSpace:
         training: Optional[Mapping[str, Any]] = None,
         description: str = "",
         source: Optional[str] = None,
+        shared_prefix: int = 0,
     ) -> None:
         self.name = name
         self.description = description
@@ -248,6 +259,13 @@ class SearchSpace:
         self.input_size: Tuple[int, int] = (h, w)
         self.dataset: Dict[str, Any] = dict(dataset or {})
         self.training: Dict[str, Any] = dict(training or {})
+        depth = len(backbone.blocks)
+        if isinstance(shared_prefix, bool) or not isinstance(shared_prefix, int) \
+                or not 0 <= shared_prefix < depth:
+            raise BranchnasError(
+                f"search space {name!r}: [search] shared_prefix must be an integer in "
+                f"0..{depth - 1} (branching needs a free block), got {shared_prefix!r}")
+        self.shared_prefix = int(shared_prefix)
         heads = dict(heads or {})
         for what, given in (("heads", heads), ("head_kwargs", head_kwargs or {})):
             stray = sorted(set(given) - set(names))
@@ -444,8 +462,18 @@ class SearchSpace:
             if not _plain_value(v):
                 raise chk.fail(
                     f"training.{k}",
-                    "must be a string, number, boolean or list of those (a flat table)",
+                    "must be a string, number, boolean, list or table of those",
                 )
+
+        # [search]
+        se_raw = chk.table(raw.get("search"), "search", required=False)
+        chk.only(se_raw, ("shared_prefix",), "search")
+        prefix = se_raw.get("shared_prefix", 0)
+        if isinstance(prefix, bool) or not isinstance(prefix, int) \
+                or not 0 <= prefix < len(backbone.blocks):
+            raise chk.fail("search.shared_prefix", f"must be an integer in "
+                           f"0..{len(backbone.blocks) - 1} (blocks every tree shares; at least "
+                           f"one must stay free to branch), got {prefix!r}")
 
         return cls(
             name=name,
@@ -458,6 +486,7 @@ class SearchSpace:
             training=tr_raw,
             description=description,
             source=source,
+            shared_prefix=prefix,
         )
 
     def to_dict(self) -> Dict[str, Any]:
@@ -495,6 +524,8 @@ class SearchSpace:
         out["tasks"] = tasks
         if self.training:
             out["training"] = dict(self.training)
+        if self.shared_prefix:
+            out["search"] = {"shared_prefix": self.shared_prefix}
         return out
 
     def subset(self, tasks: Sequence[str]) -> "SearchSpace":
@@ -521,6 +552,7 @@ class SearchSpace:
             training=self.training,
             description=self.description,
             source=self.source,
+            shared_prefix=self.shared_prefix,
         )
 
     # ------------------------------------------------------------------ structure
