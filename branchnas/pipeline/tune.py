@@ -518,7 +518,9 @@ def run_tune_trial(spec: JobSpec) -> Dict[str, Any]:
     net, tasks = build_model(space, p["model"], seed=base.seed)
     train_set, hold_set = _datasets(space, [t.name for t in tasks], p.get("dataset") or {},
                                     float(p["holdout"]))
-    config = base.replace(**settings, eval_every=base.epochs, progress=False)
+    # every trial trains the same epochs on the same train part (its own held-out part is
+    # the objective's): the convergence rule, which would hold out and stop, stays off here
+    config = base.replace(**settings, eval_every=base.epochs, progress=False, patience=0)
     device = p.get("device")
     eval_kw = {"device": device, "batch_size": config.eval_batch_size,
                "max_batches": config.max_val_batches}
