@@ -9,7 +9,10 @@ attempt, write the ``done`` marker: what every job does besides training) and me
 - throughput: N jobs submitted at once (the overhead per job when the executor is full);
 
 for ``local`` in-process, ``local --jobs 2`` and ``ray`` (a Ray instance started here with
-2 CPUs, or ``--ray-address`` of a running cluster), and prints each against ``local``. One
+2 CPUs, or ``--ray-address`` of a running cluster), and prints each against ``local``. The run
+directories go to ``/dev/shm`` (a RAM disk) by default: on a disk, the three fsyncs of every
+job (attempt record, done marker, its directory) take 5-20 ms and vary more than the
+executors differ (``--dir`` to measure there). One
 tiny training job (the ``tiny`` profile's single-task network) is timed too, to set the
 overhead against the work it carries. Ray's start-up (seconds) is reported apart: it is paid
 once per run, not per job.
@@ -90,13 +93,16 @@ def main(argv: Any = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=40, help="jobs per measurement (default: 40)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default: 3)")
+    parser.add_argument("--dir", default="/dev/shm" if Path("/dev/shm").is_dir() else None,
+                        help="where the jobs' run directories go (default: /dev/shm, a RAM disk, "
+                        "so the disk's fsync time does not drown the executors' own cost)")
     parser.add_argument("--ray-address", help="a running Ray cluster (default: start one, 2 CPUs)")
     args = parser.parse_args(argv)
 
     from branchnas.pipeline.executor import create_executor
 
     rows: Dict[str, Dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         executors = {
             "local": create_executor("local", imports=["bench_executor"]),
@@ -126,7 +132,8 @@ def main(argv: Any = None) -> int:
 
     base = rows["local"]
     print(f"per-job overhead: {args.rounds} rounds of {args.jobs} jobs that only write their done "
-          "marker (median latency, one job at a time; per job with all submitted at once)")
+          f"marker in {args.dir or tempfile.gettempdir()} (median latency, one job at a time; "
+          "per job with all submitted at once)")
     print(f"{'executor':<16}{'latency ms':>12}{'x local':>9}{'per job ms':>12}{'x local':>9}")
     for name, r in rows.items():
         print(f"{name:<16}{r['latency_ms']:>12.2f}{r['latency_ms'] / base['latency_ms']:>9.1f}"
