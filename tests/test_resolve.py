@@ -207,3 +207,27 @@ def test_force_refuses_to_remove_a_folder_that_is_no_run(tmp_path):
     with pytest.raises(BranchnasError, match="not a run directory"):
         RunDir(folder).clear()
     assert (folder / "thesis.tex").is_file()
+
+
+def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
+    """validate's and the preview's figures draw on their own Agg canvas (no matplotlib.use)."""
+    import matplotlib
+
+    from branchnas.data import create_dataset, render_preview
+    from branchnas.pipeline import validate as V
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        group = {"params": 1000, "cost": [0.1, 0.2], "delta_m": [1.0, 0.5], "names": ["a", "b"],
+                 "std": [0.0, 0.3], "n_seeds": [1, 2]}
+        ax = V.plot_cost_vs_delta_m({"measure": "rsa", "column": "delta_m_mean", "groups": [group]})
+        assert ax.lines and ax.figure.canvas.get_default_filetype() == "png"
+        V.plot_regret({"budgets": [1000], "strategies": ["rsa"], "regret": {"rsa": [0.1]},
+                       "sigma_diff": 0.2, "on": "delta_m"})
+        png = render_preview(create_dataset("scenes", split="val", size=2, resolution=32), 2,
+                             tmp_path / "p.png")
+        assert png.stat().st_size > 1000
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)

@@ -129,12 +129,16 @@ def plot_preview(panels: Sequence[Dict[str, Any]], axes: Optional[Any] = None,
     Returns:
         The 2-D array of Axes.
     """
-    import matplotlib.pyplot as plt  # lazy: drawing only
-
     rows = len(panels)
     cols = max(len(p["panels"]) for p in panels)
     if axes is None:
-        _, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
+        # lazy: drawing only; a figure on its own Agg canvas leaves pyplot's backend alone
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(1.9 * cols, 2.1 * rows))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(rows, cols, squeeze=False)
     axes = np.asarray(axes).reshape(rows, cols)
     for r, sample in enumerate(panels):
         for c in range(cols):
@@ -172,11 +176,6 @@ def render_preview(dataset: Dataset, n: int = 4, path: Union[str, Path] = "previ
         >>> render_preview(ds, 2, "/tmp/scenes.png").suffix   # doctest: +SKIP
         '.png'
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     panels = preview_panels(dataset, n)
     axes = plot_preview(panels)
     fig = axes[0, 0].figure
@@ -185,5 +184,4 @@ def render_preview(dataset: Dataset, n: int = 4, path: Union[str, Path] = "previ
     if path.parent and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
