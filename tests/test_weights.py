@@ -143,3 +143,13 @@ def test_cityscapes_declares_imagenet_weights_and_describes_the_same_counts(cach
     out = capsys.readouterr().out
     assert "139.75M (139,750,614)" in out and "92.73M (92,734,550)" in out
     assert not (caches / "torch").exists()  # describing downloaded and read nothing
+
+
+def test_weights_file_is_none_without_weights_and_checks_them_through_cuts(caches):
+    from branchnas.spaces import create_backbone
+
+    assert create_backbone("smallcnn").weights_file() is None
+    assert create_backbone("resnet18").with_cuts([1]).weights_file() is None
+    cut = ResNetBackbone("resnet18", weights="IMAGENET1K_V1").with_cuts([1])
+    with pytest.raises(BranchnasError, match=TV_FILE):
+        cut.weights_file()

@@ -202,6 +202,18 @@ class Backbone(ABC):
             )
         return self._build_block(d)
 
+    def weights_file(self) -> Optional[str]:
+        """The local file this backbone's pretrained weights load from; None for random init.
+
+        Backbones with pretrained weights locate the file in the library caches (downloading
+        it when online), so calling this before training refuses a missing file early.
+
+        Raises:
+            BranchnasError: when the weights are declared but the file is not on this machine
+                and cannot be downloaded, naming the file and where to put it.
+        """
+        return None
+
     def with_cuts(self, cuts: Optional[Sequence[int]]) -> "Backbone":
         """This backbone with cut points only after blocks ``cuts`` (0-based, increasing).
 
@@ -294,6 +306,10 @@ class CutBackbone(Backbone):
             )
             for s in self.spans
         ]
+
+    def weights_file(self) -> Optional[str]:
+        """The base backbone's weights file (see :meth:`Backbone.weights_file`)."""
+        return self.base.weights_file()
 
     def _build_block(self, d: int) -> nn.Module:
         span = self.spans[d]

@@ -278,8 +278,8 @@ class TimmBackbone(Backbone):
                 "FeatureListNet (ResNet, ConvNeXt, RegNet, EfficientNet, ...)"
             )
         raise BranchnasError(
-            f"timm model {self.model!r} gives features through {cls} (forward hooks on a model "
-            "whose forward is not a sequence of modules), so it cannot be cut into blocks; "
+            f"timm model {self.model!r} gives features through {cls} (hooks or a custom "
+            "forward, not a sequence of the model's modules), so it cannot be cut into blocks; "
             "pick a model whose features_only is a FeatureListNet (ResNet, ConvNeXt, RegNet, "
             "EfficientNet, ...)"
         )
