@@ -231,3 +231,23 @@ def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
+
+
+@pytest.mark.parametrize("option, words", [
+    ({"noise_trees": ["t999"]}, ["noise trees", "t999"]),
+    ({"seeds": ()}, ["seed"]),
+    ({"random_draws": 0}, ["random_draws"]),
+    ({"k": 2}, ["k ", ">= 3"]),
+    ({"profile": "nope"}, ["profile", "nope"]),
+    ({"shared_prefix": 4}, ["shared_prefix"]),
+    ({"training": {"lr": 0}}, ["lr", "command line"]),
+])
+def test_validate_checks_its_options_before_any_work(option, words, tmp_path):
+    from branchnas.pipeline import validate as V
+
+    cfg = V.ValidationConfig(**{"profile": "tiny", "shared_prefix": 3, "out": str(tmp_path / "o"),
+                                "results_dir": str(tmp_path / "r"), **option})
+    with pytest.raises(BranchnasError) as exc:
+        V.run_validation(cfg)
+    assert all(w in str(exc.value) for w in words), str(exc.value)
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
