@@ -78,6 +78,18 @@ def _marker(shape: str, x: float, y: float, colour: str, r: float = 5.5) -> str:
     return '<polygon points="' + " ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in pts) + f'" {style}/>'
 
 
+def _label_y(placed: List[Tuple[float, float, float]], x: float, y: float, width: float) -> float:
+    """A baseline for a label at ``x`` near ``y`` that does not cover a label already placed
+    (points of equal size and Δm, e.g. the fully shared tree and the shared baseline, would
+    otherwise print their names over each other); records the choice in ``placed``."""
+    for shift in (0, 13, -13, 26, -26, 39, -39, 52):
+        cand = y + shift
+        if all(abs(cand - py) >= 12 or x + width <= px or px + pw <= x for px, py, pw in placed):
+            break
+    placed.append((x, cand, width))
+    return cand
+
+
 def pareto_svg(data: Mapping[str, Any], details: Optional[Mapping[str, str]] = None,
                width: int = 720, height: int = 420) -> str:
     """Draw :func:`~branchnas.pipeline.pareto.pareto_data` output as an SVG element.
@@ -143,8 +155,10 @@ def pareto_svg(data: Mapping[str, Any], details: Optional[Mapping[str, str]] = N
     if len(path) > 1:
         parts.append('<polyline fill="none" stroke="#1f77b4" stroke-opacity="0.6" points="'
                      + " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in path) + '"/>')
+    placed: List[Tuple[float, float, float]] = []  # (x, y, width) of the labels drawn so far
     for p in points:
         x, y = sx(float(p["params"])), sy(float(p[column]))
+        label_y = _label_y(placed, x + 7, y - 7, 6.2 * len(p["name"]))
         tip = [f"{p['name']} ({p['model']})", f"parameters {_short(p['params'])} ({p['params']:,})"]
         for key, label in (("delta_m", "Δm"), ("delta_m_all", "Δm over all metrics")):
             if p.get(key) is not None:
@@ -154,7 +168,7 @@ def pareto_svg(data: Mapping[str, Any], details: Optional[Mapping[str, str]] = N
         shape, colour = model_style(p["model"])
         parts.append(f'<g class="point"><title>{html.escape(chr(10).join(tip))}</title>'
                      + _marker(shape, x, y, colour)
-                     + f'<text x="{x + 7:.1f}" y="{y - 7:.1f}" fill="#333">{html.escape(p["name"])}</text></g>')
+                     + f'<text x="{x + 7:.1f}" y="{label_y:.1f}" fill="#333">{html.escape(p["name"])}</text></g>')
     parts.append("</svg>")
     return "".join(parts)
 
