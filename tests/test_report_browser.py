@@ -32,7 +32,7 @@ WIDTH = 1200  # CSS pixels of the browser window
 # so a page that tried to reach the network would show it in the probe, not hang.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--hide-scrollbars", "--mute-audio",
+         "--disable-extensions", "--hide-scrollbars", "--mute-audio", "--disable-dev-shm-usage",
          "--host-resolver-rules=MAP * ~NOTFOUND", "--virtual-time-budget=10000"]
 
 # Appended to a copy of the report: once everything has loaded, write what the page saw into
@@ -42,7 +42,10 @@ window.addEventListener("load", () => {
   const images = [...document.images].map(i => ({
     alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
     right: i.getBoundingClientRect().right}));
-  const out = {images, requests: performance.getEntriesByType("resource").map(e => e.name),
+  const svgs = [...document.querySelectorAll("svg")].map(s => ({
+    width: s.getBoundingClientRect().width, points: s.querySelectorAll("g.point").length,
+    titles: [...s.querySelectorAll("g.point > title")].map(t => t.textContent)}));
+  const out = {images, svgs, requests: performance.getEntriesByType("resource").map(e => e.name),
                scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
                scrollHeight: document.documentElement.scrollHeight};
   const pre = document.createElement("pre");
@@ -130,6 +133,11 @@ def test_report_in_headless_chromium_loads_every_image_and_nothing_else(report, 
     assert seen["requests"] == []  # data: URIs only; nothing fetched from disk or network
     assert seen["scrollWidth"] <= seen["innerWidth"], "the page scrolls sideways"
     assert all(i["right"] <= seen["innerWidth"] for i in seen["images"])
+    # the interactive Pareto plot: drawn, one point per model, the tree in the tooltip
+    (svg,) = seen["svgs"]
+    assert 0 < svg["width"] <= seen["innerWidth"] and svg["points"] == len(svg["titles"]) == 3
+    tree_tip = next(t for t in svg["titles"] if t.startswith("budget-600k (tree)"))
+    assert "parameters" in tree_tip and "Δm" in tree_tip and "── block 4: semseg" in tree_tip
 
 
 @needs_chromium
@@ -182,3 +190,36 @@ def test_affinity_heatmap_labels_stay_clear_of_the_next_panel(tmp_path):
             assert [t.get_text() for t in axes[0].get_yticklabels()] == data["tasks"]
         finally:
             plt.close(fig)
+
+
+def test_pareto_svg_places_points_and_carries_their_trees():
+    import xml.etree.ElementTree as ET
+
+    from branchnas.pipeline.pareto_svg import pareto_svg
+
+    points = [{"model": "single", "name": "single-task", "params": 4000, "delta_m": 0.0,
+               "delta_m_all": 0.0},
+              {"model": "shared", "name": "shared", "params": 1000, "delta_m": -5.0,
+               "delta_m_all": -4.0},
+              {"model": "tree", "name": "t1", "params": 2000, "delta_m": 2.5, "delta_m_all": None}]
+    data = {"column": "delta_m", "points": points, "front": ["shared", "t1"], "path": []}
+    svg = ET.fromstring(pareto_svg(data, {"t1": "input\n└── block 1: a, b"}))  # well-formed XML
+    groups = svg.findall("g[@class='point']")
+    assert [g.find("title").text.split(" (")[0] for g in groups] == ["single-task", "shared", "t1"]
+    t1 = groups[2].find("title").text
+    assert "Δm +2.50%" in t1 and "all metrics" not in t1 and t1.endswith("└── block 1: a, b")
+
+    def centre(g):
+        shape = g[1]
+        if shape.tag == "circle":
+            return float(shape.get("cx")), float(shape.get("cy"))
+        if shape.tag == "rect":
+            return (float(shape.get("x")) + float(shape.get("width")) / 2,
+                    float(shape.get("y")) + float(shape.get("height")) / 2)
+        xy = np.array([[float(v) for v in pt.split(",")] for pt in shape.get("points").split()])
+        return tuple((xy.min(0) + xy.max(0)) / 2)
+
+    (xs, ys), (xh, yh), (xt, yt) = map(centre, groups)
+    assert xh < xt < xs  # log axis: 1000 < 2000 < 4000 parameters, left to right
+    assert (xt - xh) == pytest.approx(xs - xt, abs=0.2)  # equal ratios, equal distances
+    assert yt < ys < yh  # higher Δm is higher up (smaller y)

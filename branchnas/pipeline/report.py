@@ -86,6 +86,7 @@ def _table(header: List[str], rows: List[List[Any]]) -> Tuple[str, str]:
 def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
     """Write ``report.html`` (self-contained) and ``report.md`` into ``run_dir``."""
     from ..search import format_budget
+    from .pareto_svg import report_pareto_svg
 
     root = Path(run_dir)
     layout = RunLayout(root)
@@ -113,7 +114,8 @@ def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
         trees_html.append(f"<h3>{html.escape(head)}</h3><pre>{html.escape(r['ascii'])}</pre>")
         trees_md.append(f"### {head}\n\n```\n{r['ascii']}\n```\n")
     section("Recommended trees", "".join(trees_html), "\n".join(trees_md))
-    section("Parameters vs Δm", _img(s["pareto_png"]),
+    # the PNG, then the same points as SVG whose tooltips show each tree
+    section("Parameters vs Δm", _img(s["pareto_png"]) + report_pareto_svg(root, s["space"]),
             f"![pareto]({layout.relative(s['pareto_png'])})\n")
     cols = data["metric_columns"]
     h, m = _table(["model", "name", "params", "Δm (%)", *cols],
