@@ -16,6 +16,7 @@ from branchnas.training.convergence import (
     holdout_split,
     metric_score,
     primary_metrics,
+    weighted_loss,
 )
 from branchnas.training import trainer as trainer_mod
 
@@ -140,12 +141,12 @@ def test_a_kill_between_the_checkpoint_and_best_pt_is_repaired(tmp_path, monkeyp
     expected = fit(full, tmp_path / "full", cfg())
     saved = trainer_mod._save_best
 
-    def die_at_epoch_3(run, session, epoch, score):
+    def die_at_epoch_3(run, session, epoch):
         if epoch == 3:
             raise Stop()
-        saved(run, session, epoch, score)
+        saved(run, session, epoch)
 
-    monkeypatch.setattr(trainer_mod, "_save_best", die_at_epoch_3)
+    monkeypatch.setattr(trainer_mod, "_save_best", die_at_epoch_3)  # killed after last.pt
     with pytest.raises(Stop):
         fit(Constant(), tmp_path / "part", cfg())
     assert torch.load(tmp_path / "part" / "checkpoints" / "best.pt", weights_only=True)["epoch"] == 2
@@ -167,41 +168,48 @@ def test_holdout_split_is_disjoint_seeded_and_refuses_to_take_everything():
 
 
 def test_rule_state_round_trips_and_counts_patience():
-    rule = Convergence(patience=2, min_delta=0.5)
-    assert [rule.update(e, s) for e, s in enumerate([1.0, 1.4, 2.0, float("nan")], 1)] == [
-        True, False, True, False]  # +0.4 is within min_delta; NaN never improves
+    rule = Convergence(patience=2, min_delta=0.5, monitor="loss")
+    seen = [rule.observe(e, [], {}, {}, total=v) for e, v in enumerate([3.0, 2.6, 2.0, math.nan], 1)]
+    # a drop of 0.4 is within min_delta; NaN never improves
+    assert seen == [(True, None), (False, pytest.approx(0.4)), (True, pytest.approx(1.0)),
+                    (False, pytest.approx(math.nan, nan_ok=True))]
     assert (rule.best_epoch, rule.bad_epochs, rule.stopped) == (3, 1, False)
-    other = Convergence(patience=2, min_delta=0.5)
+    other = Convergence(patience=2, min_delta=0.5, monitor="loss")
     other.load_state_dict(json.loads(json.dumps(rule.state_dict())))
     assert other.state_dict() == rule.state_dict()
-    other.update(5, 2.1)
+    other.observe(5, [], {}, {}, total=1.9)
     assert other.stopped
     with pytest.raises(BranchnasError, match="patience"):
         Convergence(patience=0)
 
 
-def test_metric_score_is_delta_m_against_the_first_evaluation():
+def test_metric_gain_is_delta_m_against_the_best_epoch():
     seg = create_task("seg", "segmentation", num_classes=3)
     watched = {"seg": primary_metrics(seg), "depth": primary_metrics(DEPTH)}
     assert watched == {"seg": {"miou": True}, "depth": {"abs_err": False}}
-    ref = {"seg": {"miou": 40.0, "pixel_acc": 70.0}, "depth": {"abs_err": 2.0, "rel_err": 1.0}}
-    now = {"seg": {"miou": 50.0, "pixel_acc": 0.0}, "depth": {"abs_err": 1.5, "rel_err": 9.0}}
-    # by hand: seg +25 %, depth +25 % (lower is better): mean +25
-    assert metric_score(now, ref, watched) == pytest.approx(25.0)
+    first = {"seg": {"miou": 40.0, "pixel_acc": 70.0}, "depth": {"abs_err": 2.0, "rel_err": 1.0}}
+    second = {"seg": {"miou": 50.0, "pixel_acc": 0.0}, "depth": {"abs_err": 1.5, "rel_err": 9.0}}
+    # by hand: seg +25 %, depth +25 % (lower is better), on the primary measures only
+    assert metric_score(second, first, watched) == pytest.approx(25.0)
     rule = Convergence(patience=1)
-    assert rule.score([seg, DEPTH], ref, {}) == 0.0  # the first evaluation is the reference
-    assert rule.score([seg, DEPTH], now, {}) == pytest.approx(25.0)
+    assert rule.observe(1, [seg, DEPTH], first, {}) == (True, None)
+    assert rule.observe(2, [seg, DEPTH], second, {}) == (True, pytest.approx(25.0))
+    # against the best (epoch 2), not the first epoch: seg +10 %, depth -40 % is worse
+    third = {"seg": {"miou": 55.0}, "depth": {"abs_err": 2.1}}
+    assert rule.observe(3, [seg, DEPTH], third, {}) == (False, pytest.approx(-15.0))
+    assert rule.best_epoch == 2 and rule.stopped
     zero = {"seg": {"miou": 0.0}}
     assert metric_score({"seg": {"miou": 3.0}}, zero, {"seg": {"miou": True}}) == 300.0
 
 
 def test_loss_monitor_applies_the_fixed_task_weights():
     seg = create_task("seg", "segmentation", num_classes=3)
+    assert weighted_loss([seg, DEPTH], {"seg": 0.5, "depth": 0.25}, {"depth": 10.0}) == 3.0
     rule = Convergence(patience=1, monitor="loss")
-    score = rule.score([seg, DEPTH], {}, {"seg": 0.5, "depth": 0.25}, {"depth": 10.0})
-    assert score == pytest.approx(-(0.5 + 2.5))
+    rule.observe(1, [seg, DEPTH], {}, {"seg": 0.5, "depth": 0.25}, {"depth": 10.0})
+    assert rule.best_loss == 3.0
     with pytest.raises(BranchnasError, match="labels none"):
-        rule.score([seg], {}, {"seg": None})
+        rule.observe(2, [seg], {}, {"seg": None})
 
 
 # ------------------------------------------------------------------ fixed per-task loss weights

@@ -6,23 +6,27 @@ the same rule, so no model simply trains longer than another:
 * a fixed slice of the **training** split (``TrainConfig.holdout_fraction`` of its items,
   drawn by :func:`holdout_split` from the run's seed) is held out and not trained on; the
   validation split, which the results report, is never looked at for stopping;
-* after every epoch the held-out slice is evaluated and reduced to one score
-  (:class:`Convergence`, ``TrainConfig.monitor``): ``"metric"`` is each task's primary
-  measure (``Task.primary``; a task without one counts all its metrics), as Δm in percent
-  against the first held-out evaluation, so for a single-task network it is just that
-  measure's relative change; ``"loss"`` is the held-out loss (fixed task weights applied),
-  negated so that higher is better;
-* an epoch whose score beats the best so far by more than ``min_delta`` becomes the best
-  (its weights are checkpointed, see :mod:`.trainer`); after ``patience`` epochs without
-  one, training stops; ``epochs`` caps it in any case;
+* after every epoch the held-out slice is evaluated and compared with the best epoch so far
+  (:meth:`Convergence.observe`, ``TrainConfig.monitor``): ``"metric"`` compares each task's
+  primary measure (``Task.primary``; a task without one counts all its metrics) as Δm in
+  percent against the best epoch's, so for a single-task network an epoch is better exactly
+  when its primary measure is; ``"loss"`` compares the held-out loss (fixed task weights
+  applied);
+* an epoch whose gain over the best exceeds ``min_delta`` becomes the best (its weights are
+  checkpointed, see :mod:`.trainer`); after ``patience`` epochs without one, training
+  stops; ``epochs`` caps it in any case;
 * the best epoch's weights are restored at the end, and the result reports them.
+
+Comparing with the incumbent best (not with a fixed reference such as the first epoch) keeps
+Δm's relative terms on the scale of a converging network: against the first epoch, a task
+starting near zero (mIoU 2 %) would swamp every other task's change.
 
 The rule's state is plain data (:meth:`Convergence.state_dict`), saved in every checkpoint,
 so a resumed run stops where an uninterrupted one does.
 
 Example:
-    >>> rule = Convergence(patience=2)
-    >>> [rule.update(e, s) for e, s in enumerate([0.0, 1.0, 0.5, 0.9], start=1)]
+    >>> rule = Convergence(patience=2, monitor="loss")
+    >>> [rule.observe(e, [], {}, {}, total=v)[0] for e, v in enumerate([3.0, 2.0, 2.5, 2.1], 1)]
     [True, True, False, False]
     >>> rule.stopped, rule.best_epoch
     (True, 2)
@@ -39,7 +43,7 @@ from ..errors import BranchnasError
 from .config import MONITORS
 
 __all__ = ["MONITORS", "STOP_REASONS", "Convergence", "holdout_split", "holdout_size",
-           "primary_metrics", "metric_score"]
+           "primary_metrics", "metric_score", "weighted_loss"]
 
 STOP_REASONS: Tuple[str, ...] = ("plateau", "max_epochs")
 """Why a run ended: the held-out score stopped improving, or the epoch cap was reached."""
@@ -99,11 +103,12 @@ def primary_metrics(task: Any) -> Dict[str, bool]:
 def metric_score(metrics: Mapping[str, Mapping[str, float]],
                  reference: Mapping[str, Mapping[str, float]],
                  watched: Mapping[str, Mapping[str, bool]]) -> float:
-    """Δm (percent) of ``metrics`` against ``reference`` over the ``watched`` metrics.
+    """Δm (percent) of ``metrics`` against ``reference`` (the best epoch's) over the ``watched``
+    metrics.
 
     ``100 / T · Σ_t mean_m ±(M_t,m − R_t,m) / |R_t,m|`` (+ where higher is better); a
-    reference value of 0 divides by 1 instead, so the score stays defined (and still rises
-    exactly when the metric improves).
+    reference value of 0 divides by 1 instead, so the score stays defined (and is positive
+    exactly when the metric improved).
     """
     terms = []
     for task, names in watched.items():
@@ -121,14 +126,15 @@ class Convergence:
 
     Args:
         patience: epochs without an improvement before stopping (>= 1).
-        min_delta: the smallest rise of the score that counts as an improvement.
-        monitor: ``"metric"`` or ``"loss"`` (only recorded; :meth:`score` computes it).
+        min_delta: the smallest gain over the best epoch that counts as an improvement:
+            Δm percentage points (``monitor="metric"``) or loss units (``"loss"``).
+        monitor: ``"metric"`` or ``"loss"``.
 
     Attributes:
-        best_epoch: the 1-based epoch of the best score so far (0: none yet).
-        best_score: that score (None: none yet).
+        best_epoch: the 1-based epoch of the best held-out evaluation so far (0: none yet).
+        best_metrics: that epoch's watched metrics (``"metric"``).
+        best_loss: that epoch's weighted held-out loss (``"loss"``).
         bad_epochs: epochs since the best one.
-        reference: the first held-out metrics (``monitor="metric"``'s reference).
     """
 
     def __init__(self, patience: int, min_delta: float = 0.0, monitor: str = "metric") -> None:
@@ -139,50 +145,54 @@ class Convergence:
                                  f"{', '.join(MONITORS)}")
         self.patience, self.min_delta, self.monitor = int(patience), float(min_delta), monitor
         self.best_epoch = 0
-        self.best_score: Optional[float] = None
+        self.best_metrics: Optional[Dict[str, Dict[str, float]]] = None
+        self.best_loss: Optional[float] = None
         self.bad_epochs = 0
-        self.reference: Optional[Dict[str, Dict[str, float]]] = None
 
-    def score(self, tasks: Sequence[Any], metrics: Mapping[str, Mapping[str, float]],
-              losses: Mapping[str, Optional[float]],
-              task_weights: Optional[Mapping[str, float]] = None) -> float:
-        """The held-out score of one epoch (higher is better).
+    def observe(self, epoch: int, tasks: Sequence[Any],
+                metrics: Mapping[str, Mapping[str, float]],
+                losses: Mapping[str, Optional[float]],
+                task_weights: Optional[Mapping[str, float]] = None,
+                total: Optional[float] = None) -> Tuple[bool, Optional[float]]:
+        """Record epoch ``epoch``'s held-out evaluation.
 
         Args:
+            epoch: the 1-based epoch.
             tasks: the :class:`~branchnas.tasks.Task` objects trained.
             metrics: ``{task: {metric: value}}`` on the held-out slice.
             losses: ``{task: mean loss}`` on the held-out slice (None: no labelled sample).
-            task_weights: fixed per-task loss weights (``"loss"`` monitor; missing: 1).
+            task_weights: fixed per-task loss weights (``"loss"``; missing: 1).
+            total: the weighted held-out loss itself (``"loss"``; instead of ``losses``).
+
+        Returns:
+            ``(improved, gain)``: whether the epoch is the new best, and its gain over the
+            previous best (Δm percent or loss decrease; None for the first evaluation). A
+            non-finite evaluation never improves (a diverging epoch counts against patience).
 
         Raises:
-            BranchnasError: when the held-out slice labels none of the tasks.
+            BranchnasError: when the held-out slice labels none of the tasks (``"loss"``).
         """
+        gain: Optional[float]
         if self.monitor == "loss":
-            weights = dict(task_weights or {})
-            known = [(weights.get(t.name, 1.0), losses.get(t.name)) for t in tasks]
-            known = [(w, v) for w, v in known if v is not None]
-            if not known:
-                raise BranchnasError("the held-out slice labels none of the tasks; "
-                                     "raise holdout_fraction")
-            return -sum(w * v for w, v in known)
-        watched = {t.name: primary_metrics(t) for t in tasks}
-        if self.reference is None:
-            self.reference = {t: {m: float(metrics[t][m]) for m in ms}
-                              for t, ms in watched.items()}
-        return metric_score(metrics, self.reference, watched)
-
-    def update(self, epoch: int, score: float) -> bool:
-        """Record epoch ``epoch``'s score; True when it is the new best.
-
-        A non-finite score never improves (a diverging epoch counts against patience).
-        """
-        improved = math.isfinite(score) and (
-            self.best_score is None or score > self.best_score + self.min_delta)
+            value = total if total is not None else weighted_loss(tasks, losses, task_weights)
+            finite = math.isfinite(value)
+            gain = None if self.best_loss is None else self.best_loss - value
+        else:
+            watched = {t.name: primary_metrics(t) for t in tasks}
+            current = {t: {m: float(metrics[t][m]) for m in ms} for t, ms in watched.items()}
+            finite = all(math.isfinite(v) for ms in current.values() for v in ms.values())
+            gain = (None if self.best_metrics is None or not finite
+                    else metric_score(current, self.best_metrics, watched))
+        improved = finite and (gain is None or gain > self.min_delta)
         if improved:
-            self.best_epoch, self.best_score, self.bad_epochs = int(epoch), float(score), 0
+            self.best_epoch, self.bad_epochs = int(epoch), 0
+            if self.monitor == "loss":
+                self.best_loss = float(value)
+            else:
+                self.best_metrics = current
         else:
             self.bad_epochs += 1
-        return improved
+        return improved, gain
 
     @property
     def stopped(self) -> bool:
@@ -191,13 +201,29 @@ class Convergence:
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain data for the checkpoint."""
-        return {"best_epoch": self.best_epoch, "best_score": self.best_score,
-                "bad_epochs": self.bad_epochs, "reference": self.reference}
+        return {"best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
+                "best_loss": self.best_loss, "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
         self.best_epoch = int(state["best_epoch"])
-        self.best_score = None if state["best_score"] is None else float(state["best_score"])
         self.bad_epochs = int(state["bad_epochs"])
-        ref = state.get("reference")
-        self.reference = None if ref is None else {t: dict(m) for t, m in ref.items()}
+        loss = state.get("best_loss")
+        self.best_loss = None if loss is None else float(loss)
+        best = state.get("best_metrics")
+        self.best_metrics = None if best is None else {t: dict(m) for t, m in best.items()}
+
+
+def weighted_loss(tasks: Sequence[Any], losses: Mapping[str, Optional[float]],
+                  task_weights: Optional[Mapping[str, float]] = None) -> float:
+    """``Σ_t w_t · loss_t`` over the tasks with a held-out loss (``w_t`` missing: 1).
+
+    Raises:
+        BranchnasError: when no task has one (the held-out slice labels none of them).
+    """
+    weights = dict(task_weights or {})
+    known = [(weights.get(t.name, 1.0), losses.get(t.name)) for t in tasks]
+    known = [(w, v) for w, v in known if v is not None]
+    if not known:
+        raise BranchnasError("the held-out slice labels none of the tasks; raise holdout_fraction")
+    return float(sum(w * v for w, v in known))

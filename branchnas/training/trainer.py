@@ -17,6 +17,11 @@
   (each epoch's data order comes from a generator seeded with ``(seed, epoch)``, and the
   checkpoint holds the model, optimizer, weighting, pending asynchronous gradients and
   every RNG state);
+* the convergence rule (:mod:`.convergence`, ``TrainConfig.patience``): a slice of the
+  training split is held out and evaluated after every epoch; training stops after
+  ``patience`` epochs without a better held-out result (``epochs`` caps it), and the best
+  epoch's weights (``checkpoints/best.pt``, read with ``weights_only=True``) are restored
+  and reported; the validation set is never used for stopping;
 * validation with each task's ``meter()`` over the whole validation set;
 * data parallelism under ``torchrun`` (:mod:`.ddp`): K processes with ``batch_size`` b each
   train like one process with K·b (sharded batches of the same order, gradients and sample
@@ -69,7 +74,7 @@ Batch = Dict[str, Any]
 EpochCallback = Callable[[Dict[str, Any]], None]
 
 CHECKPOINT_FORMAT = 1
-BEST_FORMAT = 1  # checkpoints/best.pt: {"format", "epoch", "score", "model", "weighting"}
+BEST_FORMAT = 1  # checkpoints/best.pt: {"format", "epoch", "model", "weighting"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -404,7 +409,11 @@ def train(
             pipeline stores its ModelResult there, so a run has one completion marker).
 
     Returns:
-        ``{task: {metric: value}}`` (final validation metrics) plus ``"epochs"`` and
+        ``{task: {metric: value}}``, the validation metrics of the weights the run ends with
+        (the convergence rule's best epoch, else the last), plus ``"epochs"`` (trained),
+        ``"max_epochs"``, ``"best_epoch"``, ``"stop_reason"`` (``"plateau"`` or
+        ``"max_epochs"``), ``"monitor"``, ``"holdout_size"`` and the training cost:
+        ``"images_seen"``, ``"seconds"`` (training and evaluation), ``"device"``,
         ``"images_per_s"`` (training throughput over all epochs).
 
     Raises:
@@ -524,9 +533,9 @@ def train(
             t1 = time.perf_counter()
             held_metrics, held_losses = _on_main(ctx, lambda: session.evaluate(holdout_set,
                                                                                with_loss=True))
-            score = conv.score(session.tasks, held_metrics, held_losses, session.loss_weights)
-            improved = conv.update(epoch + 1, score)
-            record.update(holdout=held_metrics, holdout_loss=held_losses, holdout_score=score,
+            improved, gain = conv.observe(epoch + 1, session.tasks, held_metrics, held_losses,
+                                          session.loss_weights)
+            record.update(holdout=held_metrics, holdout_loss=held_losses, holdout_gain=gain,
                           best_epoch=conv.best_epoch,
                           holdout_time_s=round(time.perf_counter() - t1, 4))
         t1 = time.perf_counter()
@@ -604,8 +613,7 @@ def _save_epoch(run: RunDir, session: "_Session", config: TrainConfig, record: D
         state["convergence"] = conv.state_dict()
     run.save_checkpoint(state)
     if improved:
-        assert conv is not None
-        _save_best(run, session, record["epoch"], conv.best_score)
+        _save_best(run, session, record["epoch"])
 
 
 def best_checkpoint_path(run: RunDir) -> Path:
@@ -613,9 +621,9 @@ def best_checkpoint_path(run: RunDir) -> Path:
     return run.checkpoint_path.parent / "best.pt"
 
 
-def _save_best(run: RunDir, session: "_Session", epoch: int, score: Optional[float]) -> None:
+def _save_best(run: RunDir, session: "_Session", epoch: int) -> None:
     # tensors and plain data only: it is read back with weights_only=True
-    state = {"format": BEST_FORMAT, "epoch": int(epoch), "score": score,
+    state = {"format": BEST_FORMAT, "epoch": int(epoch),
              "model": session.model.state_dict(), "weighting": session.weighting.state_dict()}
     atomic_write_with(best_checkpoint_path(run), lambda f: torch.save(state, f))
 
@@ -632,7 +640,7 @@ def _repair_best(run: RunDir, session: "_Session", conv: Convergence) -> None:
     best = load_best(run)
     if best is None or int(best["epoch"]) != conv.best_epoch:
         log.info("%s: rewriting best.pt from the epoch-%d checkpoint", run.path, conv.best_epoch)
-        _save_best(run, session, conv.best_epoch, conv.best_score)
+        _save_best(run, session, conv.best_epoch)
 
 
 def _restore_best(run: RunDir, session: "_Session", epoch: int) -> None:
