@@ -19,6 +19,8 @@ timm = pytest.importorskip("timm")
 
 HW = (32, 32)
 NO_PREFIX = {"class_token": False, "global_pool": "avg"}
+TINY_SWIN = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "img_size": 32,
+             "window_size": 2}
 # The smallest model of each family timm registers (timm's own test_* models where they exist).
 CASES = [
     ("timm:test_resnet", {}),
@@ -28,6 +30,8 @@ CASES = [
     ("timm:mobilenetv3_small_050", {}),
     ("timm:test_byobnet", {}),
     ("timm:test_vit", {"out_indices": [1, 3, 5], "model_kwargs": NO_PREFIX}),
+    # NHWC stages (permuted at block boundaries); a one-layer-per-stage Swin to stay small
+    ("timm:swin_tiny_patch4_window7_224", {"model_kwargs": TINY_SWIN}),
 ]
 IDS = [n[5:] + "".join(f"-{k}" for k in kw) for n, kw in CASES]
 
@@ -77,10 +81,12 @@ def test_blocks_reproduce_timms_features_only_maps(name, kw):
     assert [v.shape for v in ours.values()] == [v.shape for v in theirs.values()]
     ref.load_state_dict(dict(zip(theirs, ours.values())))  # same tensors, timm's names
     blocks.eval(), ref.eval()
-    x = torch.randn(2, 3, 48, 48)
+    x = torch.randn(2, 3, *HW)
     with torch.no_grad():
         expected = ref(x)
         got = _chain(blocks, x)
+    if bb._nhwc:  # timm hands these models' maps out as NHWC; blocks speak NCHW
+        expected = [y.permute(0, 3, 1, 2) for y in expected]
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
