@@ -8,8 +8,9 @@ fails with a one-line error naming the file and the key)::
     description = "what this space is for"   # optional
 
     [backbone]
-    name = "resnet50"            # a registered backbone (list_backbones())
+    name = "resnet50"            # a registered backbone (list_backbones()), or "timm:<model>"
     output_stride = 8            # any other key is an option of that backbone
+    weights = "IMAGENET1K_V1"    # resnet*: torchvision weights; timm:<model>: pretrained = true
     cuts = ["layer2", "layer4"]  # optional: branch only after these blocks (default: all)
 
     [input]
