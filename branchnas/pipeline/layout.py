@@ -82,6 +82,17 @@ def model_slug(model: Any) -> str:
     return slug
 
 
+class _File:
+    """A fixed file of a layout, ``<root>/<relative path>`` (read as an attribute)."""
+
+    def __init__(self, relative: str, doc: str) -> None:
+        self.relative = relative
+        self.__doc__ = f"``{relative}``: {doc}"
+
+    def __get__(self, layout: Any, owner: Any = None) -> Any:
+        return self if layout is None else layout.root / self.relative
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Every path under one run's output directory.
@@ -124,50 +135,19 @@ class RunLayout:
         """``affinity-<measure>.json``: how the affinity was made."""
         return self.affinity(measure).with_suffix(".json")
 
-    @property
-    def pipeline_json(self) -> Path:
-        """``pipeline.json``: the resolved options of ``run``/``demo``."""
-        return self.root / "pipeline.json"
-
-    @property
-    def search_json(self) -> Path:
-        """``search.json``: the search's pick per budget."""
-        return self.root / "search.json"
+    pipeline_json = _File("pipeline.json", "the resolved options of ``run``/``demo``")
+    search_json = _File("search.json", "the search's pick per budget")
+    summary_json = _File("summary.json", "what the run found (written last by ``run``, read by ``report``)")
+    plots = _File("plots", "every figure of the run")
+    pareto_png = _File("plots/pareto.png", "parameters vs Δm of every trained model")
+    pareto_csv = _File("plots/pareto.csv", "the Pareto plot's points")
+    preview_png = _File("plots/scenes-preview.png", "the demo's picture of the embedded benchmark")
+    report_html = _File("report.html", "the self-contained report")
+    report_md = _File("report.md", "the report as markdown")
 
     def search_tree(self, name: str) -> Path:
         """``search/<name>.json``: a picked tree (Tree JSON)."""
         return self.root / "search" / f"{name}.json"
-
-    @property
-    def summary_json(self) -> Path:
-        """``summary.json``: what the run found (written last by ``run``, read by ``report``)."""
-        return self.root / "summary.json"
-
-    @property
-    def plots(self) -> Path:
-        """``plots/``: every figure of the run."""
-        return self.root / "plots"
-
-    @property
-    def pareto_png(self) -> Path:
-        return self.plots / "pareto.png"
-
-    @property
-    def pareto_csv(self) -> Path:
-        return self.plots / "pareto.csv"
-
-    @property
-    def preview_png(self) -> Path:
-        """``plots/scenes-preview.png``: the demo's picture of the embedded benchmark."""
-        return self.plots / "scenes-preview.png"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def report_md(self) -> Path:
-        return self.root / "report.md"
 
     # ------------------------------------------------------------------ tuning
     def tuned_dir(self, space_name: str) -> Path:
@@ -183,7 +163,7 @@ class RunLayout:
         return self.tuned_dir(space_name) / f"{model_slug(model)}.journal"
 
     def tuning_trial(self, space_name: str, model: Any, index: int) -> Path:
-        """``tuned/<space>/<slug>/trial-NNN/``: one trial (``trial.json`` and the trainer's ``run/``)."""
+        """``tuned/<space>/<slug>/trial-NNN/``: one trial (a run directory)."""
         return self.tuned_dir(space_name) / model_slug(model) / f"trial-{index:03d}"
 
     # ------------------------------------------------------------------ --force
@@ -253,14 +233,6 @@ class ValidationFiles:
         """``<name>.csv`` for ``trees``, ``seeds``, ``correlation`` and ``regret``."""
         return self.root / f"{name}.csv"
 
-    @property
-    def cost_vs_delta_m_png(self) -> Path:
-        return self.root / "cost_vs_delta_m.png"
-
-    @property
-    def regret_png(self) -> Path:
-        return self.root / "regret.png"
-
-    @property
-    def summary_md(self) -> Path:
-        return self.root / "SUMMARY.md"
+    cost_vs_delta_m_png = _File("cost_vs_delta_m.png", "clustering cost vs Δm per parameter count")
+    regret_png = _File("regret.png", "regret of each strategy per budget")
+    summary_md = _File("SUMMARY.md", "the study's numbers")
