@@ -84,6 +84,10 @@ def test_stops_on_the_plateau_and_restores_the_best_epoch(tmp_path, monitor):
     # best after epoch 3, then two epochs without improvement (patience 2): stop after 5
     assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
     assert [r["best_epoch"] for r in records] == [1, 2, 3, 3, 3]
+    gains = [r["holdout_gain"] for r in records]
+    assert gains[0] is None and gains[1] > 0 and gains[2] > 0 and max(gains[3:]) < 0
+    first = records[0]["holdout_score"]  # the curve: against the first evaluation
+    assert all(r["holdout_score"] > first for r in records[1:4])
     assert [r["holdout"]["depth"]["abs_err"] for r in records] == pytest.approx(
         [0.2, 0.1, 0.0, 0.1, 0.2], abs=1e-6)
     assert result["epochs"] == 5 and result["best_epoch"] == 3 and result["max_epochs"] == 10
@@ -198,6 +202,9 @@ def test_metric_gain_is_delta_m_against_the_best_epoch():
     third = {"seg": {"miou": 55.0}, "depth": {"abs_err": 2.1}}
     assert rule.observe(3, [seg, DEPTH], third, {}) == (False, pytest.approx(-15.0))
     assert rule.best_epoch == 2 and rule.stopped
+    # the learning curve (holdout_score) is against the first evaluation instead
+    assert rule.score([seg, DEPTH], first, {}) == 0.0
+    assert rule.score([seg, DEPTH], third, {}) == pytest.approx((37.5 - 5.0) / 2)
     zero = {"seg": {"miou": 0.0}}
     assert metric_score({"seg": {"miou": 3.0}}, zero, {"seg": {"miou": True}}) == 300.0
 

@@ -135,6 +135,8 @@ class Convergence:
         best_metrics: that epoch's watched metrics (``"metric"``).
         best_loss: that epoch's weighted held-out loss (``"loss"``).
         bad_epochs: epochs since the best one.
+        first_metrics: the first held-out evaluation's watched metrics, the reference of
+            :meth:`score` (the learning curve; the rule itself compares with the best).
     """
 
     def __init__(self, patience: int, min_delta: float = 0.0, monitor: str = "metric") -> None:
@@ -148,6 +150,22 @@ class Convergence:
         self.best_metrics: Optional[Dict[str, Dict[str, float]]] = None
         self.best_loss: Optional[float] = None
         self.bad_epochs = 0
+        self.first_metrics: Optional[Dict[str, Dict[str, float]]] = None
+
+    def score(self, tasks: Sequence[Any], metrics: Mapping[str, Mapping[str, float]],
+              losses: Mapping[str, Optional[float]],
+              task_weights: Optional[Mapping[str, float]] = None) -> float:
+        """One epoch's point of the held-out learning curve (higher is better; recorded as
+        ``holdout_score``): ``"metric"``, Δm (percent) of the watched metrics against the first
+        held-out evaluation (which this call records when it is the first); ``"loss"``, the
+        negated weighted held-out loss. Only for showing: :meth:`observe` decides."""
+        if self.monitor == "loss":
+            return -weighted_loss(tasks, losses, task_weights)
+        watched = {t.name: primary_metrics(t) for t in tasks}
+        if self.first_metrics is None:
+            self.first_metrics = {t: {m: float(metrics[t][m]) for m in ms}
+                                  for t, ms in watched.items()}
+        return metric_score(metrics, self.first_metrics, watched)
 
     def observe(self, epoch: int, tasks: Sequence[Any],
                 metrics: Mapping[str, Mapping[str, float]],
@@ -202,7 +220,8 @@ class Convergence:
     def state_dict(self) -> Dict[str, Any]:
         """Plain data for the checkpoint."""
         return {"best_epoch": self.best_epoch, "best_metrics": self.best_metrics,
-                "best_loss": self.best_loss, "bad_epochs": self.bad_epochs}
+                "best_loss": self.best_loss, "bad_epochs": self.bad_epochs,
+                "first_metrics": self.first_metrics}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict` output."""
@@ -212,6 +231,8 @@ class Convergence:
         self.best_loss = None if loss is None else float(loss)
         best = state.get("best_metrics")
         self.best_metrics = None if best is None else {t: dict(m) for t, m in best.items()}
+        first = state.get("first_metrics")
+        self.first_metrics = None if first is None else {t: dict(m) for t, m in first.items()}
 
 
 def weighted_loss(tasks: Sequence[Any], losses: Mapping[str, Optional[float]],

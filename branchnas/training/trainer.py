@@ -533,9 +533,11 @@ def train(
             t1 = time.perf_counter()
             held_metrics, held_losses = _on_main(ctx, lambda: session.evaluate(holdout_set,
                                                                                with_loss=True))
+            curve = conv.score(session.tasks, held_metrics, held_losses, session.loss_weights)
             improved, gain = conv.observe(epoch + 1, session.tasks, held_metrics, held_losses,
                                           session.loss_weights)
-            record.update(holdout=held_metrics, holdout_loss=held_losses, holdout_gain=gain,
+            record.update(holdout=held_metrics, holdout_loss=held_losses, holdout_score=curve,
+                          holdout_gain=gain,
                           best_epoch=conv.best_epoch,
                           holdout_time_s=round(time.perf_counter() - t1, 4))
         t1 = time.perf_counter()
