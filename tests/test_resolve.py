@@ -251,3 +251,16 @@ def test_validate_checks_its_options_before_any_work(option, words, tmp_path):
         V.run_validation(cfg)
     assert all(w in str(exc.value) for w in words), str(exc.value)
     assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_tune_goes_through_the_profile_layer(tmp_path):
+    """`tune --profile tiny` tunes on the tiny profile's space and settings, as `run` trains."""
+    from branchnas.pipeline.tune import tune
+
+    summary = tune("scenes", "single:depth", trials=1, out_dir=tmp_path, profile="tiny",
+                   overrides={"epochs": 1, "progress": False})
+    assert summary["budget"]["profile"] == "tiny"
+    assert summary["base_config"]["eval_batch_size"] == 12  # the tiny profile's
+    with pytest.raises(BranchnasError, match="profile"):  # another profile: another budget
+        tune("scenes", "single:depth", trials=1, out_dir=tmp_path, profile="demo",
+             overrides={"epochs": 1, "progress": False})

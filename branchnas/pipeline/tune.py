@@ -86,7 +86,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from ..errors import BranchnasError
 from ..training.rundir import atomic_write_text
 from .layout import RunLayout, model_slug
-from .resolve import DEFAULT_TRIALS, read_tuned, resolve_training
+from .resolve import DEFAULT_PROFILE, DEFAULT_TRIALS, profile_space, read_tuned, resolve_training
 from .jobs import JobSpec, make_job, register_job_kind
 
 __all__ = [
@@ -513,8 +513,9 @@ def run_tune_trial(spec: JobSpec) -> Dict[str, Any]:
     study = optuna.load_study(study_name=p["study"], storage=storage, pruner=pruner)
     trial, trial_id = _worker_trial(storage, study, p["study"], int(p["trial"]))
     settings = dict(p["settings"])
-    space = load_space(p["space"])
-    base = resolve_training(space, overrides=p.get("overrides") or {})
+    profile = p.get("profile")
+    space = profile_space(load_space(p["space"]), profile)
+    base = resolve_training(space, profile, overrides=p.get("overrides") or {})
     net, tasks = build_model(space, p["model"], seed=base.seed)
     train_set, hold_set = _datasets(space, [t.name for t in tasks], p.get("dataset") or {},
                                     float(p["holdout"]))
@@ -589,7 +590,8 @@ class _Tuning:
 def _prepare(space: Any, model: str, trials: int, out_dir: PathLike, storage: Optional[str],
              overrides: Optional[Mapping[str, Any]], dataset: Optional[Mapping[str, Any]],
              holdout: float, sampler_seed: int, pruner_startup_trials: int,
-             pruner_warmup_epochs: int, device: Optional[str]) -> _Tuning:
+             pruner_warmup_epochs: int, device: Optional[str],
+             profile: Optional[str] = None) -> _Tuning:
     """Check the settings, open (or create) the study, check its budget, seed the default."""
     from ..spaces import load_space
     from .executors import job_resources
@@ -599,13 +601,13 @@ def _prepare(space: Any, model: str, trials: int, out_dir: PathLike, storage: Op
     if pruner_startup_trials < 0 or pruner_warmup_epochs < 0:
         raise BranchnasError("pruner_startup_trials and pruner_warmup_epochs must be >= 0")
     ref, name = _space_ref(space)
-    loaded = load_space(ref)
+    loaded = profile_space(load_space(ref), profile)  # the resolver's profile layer
     overrides = dict(overrides or {})
     tuned_keys = {"optimizer", "lr", "batch_size", "schedule", "step_size", "gamma", "momentum"}
     clash = sorted(tuned_keys & set(overrides))
     if clash:
         raise BranchnasError(f"{', '.join(clash)} are tuned; do not fix them when tuning")
-    base = resolve_training(loaded, overrides=overrides)  # the resolver's order and checks
+    base = resolve_training(loaded, profile, overrides=overrides)  # the resolver's order and checks
     build_model(loaded, model)  # an unknown model id fails here, before any work
     url = tuning_storage_url(out_dir, name, model, storage)
     study_name = tuning_study_name(name, model)
@@ -615,7 +617,8 @@ def _prepare(space: Any, model: str, trials: int, out_dir: PathLike, storage: Op
         "trials": trials, "epochs": base.epochs, "overrides": overrides,
         "dataset": dict(dataset or {}), "holdout": holdout, "sampler_seed": sampler_seed,
         "pruner_startup_trials": pruner_startup_trials,
-        "pruner_warmup_epochs": pruner_warmup_epochs}))
+        "pruner_warmup_epochs": pruner_warmup_epochs,
+        **({"profile": profile} if profile not in (None, DEFAULT_PROFILE) else {})}))
     stored = study.user_attrs.get("budget")
     if stored is None:
         study.set_user_attr("budget", budget)
@@ -634,7 +637,7 @@ def _prepare(space: Any, model: str, trials: int, out_dir: PathLike, storage: Op
               "trials": trials, "overrides": overrides, "dataset": dict(dataset or {}),
               "holdout": holdout, "sampler_seed": sampler_seed,
               "pruner_startup_trials": pruner_startup_trials,
-              "pruner_warmup_epochs": pruner_warmup_epochs, "device": device}
+              "pruner_warmup_epochs": pruner_warmup_epochs, "device": device, "profile": profile}
     return _Tuning(study=study, trials=trials, epochs=base.epochs, batch_sizes=batch_sizes,
                    params=params, layout=RunLayout(out_dir), space_name=name,
                    resources=job_resources(base, device))
@@ -812,7 +815,9 @@ def summarise_tuning(
             f"failed{first}); fix the cause and tune again"
         )
     best = min(complete, key=lambda t: (t.value, t.number))
-    base = resolve_training(load_space(ref), overrides=budget["overrides"])
+    profile = budget.get("profile")
+    base = resolve_training(profile_space(load_space(ref), profile), profile,
+                            overrides=budget["overrides"])
     summary = {
         "space": name,
         "model": model,
@@ -849,6 +854,7 @@ def tune(
     pruner_warmup_epochs: int = PRUNER_WARMUP_EPOCHS,
     device: Optional[str] = None,
     executor: Any = None,
+    profile: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Tune ``model``'s training settings with ``trials`` trials; write and return the result.
 
@@ -874,6 +880,9 @@ def tune(
         device: where trials train (None: CUDA when available).
         executor: an :class:`~branchnas.pipeline.executor.ExecutorConfig` or an executor
             (None: trials one after another in this process).
+        profile: a :data:`~branchnas.pipeline.resolve.PROFILES` key applied to the space and
+            the untuned settings, as ``run --profile`` does (None: the space's own settings);
+            part of the budget.
 
     Returns:
         The content of :func:`tuned_path` (``settings`` are the best trial's).
@@ -884,7 +893,7 @@ def tune(
     if cfg is not None:
         cfg.validate()
     t = _prepare(space, model, trials, out_dir, storage, overrides, dataset, holdout,
-                 sampler_seed, pruner_startup_trials, pruner_warmup_epochs, device)
+                 sampler_seed, pruner_startup_trials, pruner_warmup_epochs, device, profile)
     if isinstance(executor, Executor):
         results = _drive(t, executor)
     else:
@@ -894,7 +903,7 @@ def tune(
 
 
 _BUDGET_KEYS = ("trials", "epochs", "overrides", "dataset", "holdout", "sampler_seed",
-                "pruner_startup_trials", "pruner_warmup_epochs")
+                "pruner_startup_trials", "pruner_warmup_epochs", "profile")
 
 
 def check_equal_budgets(out_dir: PathLike, space: Any, models: Sequence[str]) -> Dict[str, Any]:
