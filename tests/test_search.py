@@ -315,7 +315,7 @@ def test_beam_never_beats_the_optimum():
 def test_beam_max_branches_and_prefix():
     n, depth = 8, 3
     a = random_affinity(n, depth, seed=5)
-    r = search(a, names(n), [1, 1, 1], budget=12, strategy="beam", max_branches=2,
+    r = search(a, names(n), [1, 1, 1], budget=12, strategy="beam-split", max_branches=2,
                shared_prefix=1)
     t = r.best.tree
     assert t.num_groups(0) == 1
@@ -389,7 +389,7 @@ def test_random_strategy_seeded_and_within_budget():
 def test_registry():
     assert set(list_strategies()) >= {"exhaustive", "exact", "beam", "fa", "random"}
     assert create_strategy("beam", beam_width=3).beam_width == 3
-    with pytest.raises(BranchnasError, match="choose one of: beam, exact, exhaustive, fa, random"):
+    with pytest.raises(BranchnasError, match="choose one of: beam, beam-split, exact, exhaustive, fa, local, random"):
         search(random_affinity(3, 2, 0), names(3), [1, 1], strategy="nope")
 
 
@@ -432,20 +432,20 @@ def test_input_errors():
 def test_size_limits_are_errors():
     a = random_affinity(8, 4, 0)
     problem = make_problem(a, names(8), [1, 1, 1, 1], budget=20)
-    with pytest.raises(BranchnasError, match="use strategy 'exact' or 'beam'"):
+    with pytest.raises(BranchnasError, match="use strategy 'exact' or 'local'"):
         create_strategy("exhaustive", max_trees=1000).run(problem)
-    with pytest.raises(BranchnasError, match="use strategy 'beam'"):
+    with pytest.raises(BranchnasError, match="use strategy 'local'"):
         ExactSolver(problem, max_entries=1000)
 
 
 def test_shared_prefix_everything():
     a = random_affinity(4, 2, 0)
-    for strategy in ("exhaustive", "exact", "beam", "fa", "random"):
+    for strategy in list_strategies():
         r = search(a, names(4), [1, 1], budget=3, strategy=strategy, shared_prefix=2)
         assert r.best.tree == Tree.fully_shared(names(4), 2)
 
 
-@pytest.mark.parametrize("strategy", ["exhaustive", "exact", "beam", "fa", "random"])
+@pytest.mark.parametrize("strategy", list_strategies())
 @pytest.mark.parametrize("n,depth", [(1, 3), (3, 1)])
 def test_degenerate_sizes(strategy, n, depth):
     a = np.ones((depth, n, n))

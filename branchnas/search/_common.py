@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,6 +22,7 @@ __all__ = [
     "list_strategies",
     "make_problem",
     "register_strategy",
+    "strategy_meta",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class SearchResult:
         note: a one-line remark for the user (e.g. the budget exceeds every tree), else None.
         budget: the budget searched under (None: unconstrained).
         budget_kind: "params" or "flops".
+        lower_bound: a certified lower bound on the least cost within the budget (the
+            optimum's cost for exact strategies), None when the strategy gives none.
     """
 
     trees: List[ScoredTree]
@@ -62,6 +65,15 @@ class SearchResult:
     note: Optional[str] = None
     budget: Optional[int] = None
     budget_kind: str = "params"
+    lower_bound: Optional[float] = None
+
+    @property
+    def gap(self) -> Optional[float]:
+        """Certified relative gap ``(cost - lower_bound) / cost`` of the best tree (0 when optimal)."""
+        if self.lower_bound is None or not self.trees:
+            return None
+        c = self.best.cost
+        return 0.0 if c <= self.lower_bound + 1e-12 else (c - self.lower_bound) / c
 
     @property
     def best(self) -> ScoredTree:
@@ -76,6 +88,7 @@ class StrategyOutput:
     trees: List[Tree]
     enumerated: int
     feasible: Optional[int] = None
+    lower_bound: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -287,13 +300,31 @@ def make_problem(
 _STRATEGIES: Registry[Callable[..., Any]] = Registry("search strategy")
 
 
-def register_strategy(name: str) -> Callable[[Any], Any]:
-    """Decorator registering a strategy class under ``name``.
+def register_strategy(name: str, **meta: Any) -> Callable[[Any], Any]:
+    """Decorator registering a strategy class under ``name`` with its metadata.
 
     A strategy's constructor takes only hyperparameters (keyword arguments); its
     ``run(problem: SearchProblem, top_k: int) -> StrategyOutput`` does the search.
+
+    Metadata callers read instead of switching on names (all optional):
+
+    - ``exact`` (bool): returns the least-cost trees within the budget.
+    - ``many_tasks`` (bool): the near-optimal strategy ``auto`` uses beyond the exact ones.
+    - ``options`` (tuple of str): the :func:`~branchnas.search.search` options it takes
+      (``beam_width``, ``max_branches``, ``seed``).
+    - ``seconds`` (callable ``(num_tasks, depth, shared_prefix) -> float``): an estimate of
+      the run time on one core, for ``auto``; ``inf`` when it would refuse the size.
+    - ``path`` (callable ``(problem) -> (rows, resolve)``): every achievable resource with
+      its least cost in one pass, rows ``(resource, cost, key)`` and ``resolve(key) -> Tree``
+      (the budget path and the frontier use it).
+    - ``lower_bound`` (bool): the strategy's output carries a certified lower bound.
     """
-    return _STRATEGIES.register(name)
+    return _STRATEGIES.register(name, **meta)
+
+
+def strategy_meta(name: str) -> Dict[str, Any]:
+    """The metadata a strategy was registered with (see :func:`register_strategy`)."""
+    return _STRATEGIES.meta(name)
 
 
 def list_strategies() -> List[str]:

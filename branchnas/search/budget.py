@@ -25,6 +25,7 @@ __all__ = ["PathPoint", "budget_path", "format_budget", "parse_budget"]
 
 logger = logging.getLogger(__name__)
 
+_MAX_BUDGET = 2**63  # counts are int64 everywhere downstream
 _SUFFIX = {"": 0, "k": 3, "m": 6, "g": 9, "b": 9, "t": 12}
 _PATTERN = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+))?\s*([kKmMgGbBtT]?)")
 
@@ -43,10 +44,14 @@ def parse_budget(value: Union[str, float]) -> int:
     if isinstance(value, (int, np.integer)):
         if value < 0:
             raise BranchnasError(f"budget must not be negative, got {value}")
+        if value >= _MAX_BUDGET:
+            raise BranchnasError(f"budget {value} is too large; at most {_MAX_BUDGET - 1:.3g} (a 64-bit count)")
         return int(value)
     if isinstance(value, (float, np.floating)):
         if not np.isfinite(value) or value < 0:
             raise BranchnasError(f"budget must be a finite non-negative number, got {value}")
+        if value >= _MAX_BUDGET:
+            raise BranchnasError(f"budget {value} is too large; at most {_MAX_BUDGET - 1:.3g} (a 64-bit count)")
         return int(value)
     text = str(value).strip().replace("_", "").replace(",", "")
     m = _PATTERN.fullmatch(text)
@@ -59,6 +64,8 @@ def parse_budget(value: Union[str, float]) -> int:
         number = Decimal(m.group(1)).scaleb(int(m.group(2) or 0) + _SUFFIX[m.group(3).lower()])
     except InvalidOperation:
         raise BranchnasError(f"invalid budget {value!r}; e.g. 12M, 1.5G or 3e6") from None
+    if number >= _MAX_BUDGET:
+        raise BranchnasError(f"budget {value!r} is too large; at most {_MAX_BUDGET - 1:.3g} (a 64-bit count)")
     return int(number)
 
 
@@ -122,12 +129,13 @@ def budget_path(
     Args:
         affinity, tasks, block_params, fixed_params, block_flops, fixed_flops, budget_kind,
             shared_prefix: as for :func:`branchnas.search.search`.
-        budgets: the budgets to evaluate, increasing. None: for "exact" and "exhaustive",
-            every budget at which the optimum changes (one point per change, at the
-            resource of the new tree); for other strategies ``num_budgets`` budgets evenly
-            spaced from the fully shared to the all-separate tree.
-        strategy: a registered strategy; "exact" and "exhaustive" compute the whole path
-            in one pass, the others run once per budget.
+        budgets: the budgets to evaluate, increasing. None: for strategies that compute
+            the whole path in one pass (metadata ``path``: exact, exhaustive), every budget
+            at which the optimum changes (one point per change, at the resource of the new
+            tree, i.e. the (resource, cost) Pareto frontier); for other strategies
+            ``num_budgets`` budgets evenly spaced from the fully shared to the all-separate tree.
+        strategy: a registered strategy; those with a ``path`` compute the whole path in
+            one pass, the others run once per budget.
         num_budgets: see ``budgets``.
         **strategy_options: passed to :func:`branchnas.search.search` (e.g. beam_width).
 
@@ -148,23 +156,12 @@ def budget_path(
             f"{problem.min_resource} {problem.unit()}); the smallest feasible budget is "
             f"{problem.min_resource}"
         )
-    if strategy == "exact":
-        from .exact import ExactSolver
+    from ._common import strategy_meta
 
-        solver = ExactSolver(problem)
-        idx = solver.feasible_sequences(problem.max_resource)
-        table = [(int(solver.seq_res[i]), float(solver.best[i]), int(i)) for i in idx]
-
-        def resolve(i: int) -> Tree:
-            return solver.top_k(problem.max_resource, 1, np.array([i]))[0]
-
-        return _path_from_table(problem, table, blist, resolve)
-    if strategy == "exhaustive":
-        from .enumerate import best_per_resource
-
-        best = best_per_resource(problem)
-        table = [(r, c, t) for r, (c, t) in best.items()]
-        return _path_from_table(problem, table, blist, lambda t: t)
+    path = strategy_meta(strategy).get("path")
+    if path is not None:  # every achievable resource and its least cost, in one pass
+        rows, resolve = path(problem)
+        return _path_from_table(problem, rows, blist, resolve)
     from . import search
 
     if blist is None:

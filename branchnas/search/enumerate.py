@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from math import comb
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
@@ -236,12 +236,22 @@ def best_per_resource(problem: SearchProblem) -> Dict[int, Tuple[float, Tree]]:
     return {r: (c, scorer.tree(ch)) for r, (c, ch) in best.items()}
 
 
-@register_strategy("exhaustive")
+def _seconds(num_tasks: int, depth: int, shared_prefix: int = 0) -> float:
+    """Run-time estimate on one core (a few million trees scored per second)."""
+    return count_trees(num_tasks, depth, shared_prefix) / 3e6
+
+
+def _path(problem: SearchProblem) -> Tuple[List[Tuple[int, float, Tuple[int, ...]]], Any]:
+    best = best_per_resource(problem)
+    return [(r, c, t) for r, (c, t) in best.items()], lambda t: t
+
+
+@register_strategy("exhaustive", exact=True, counts_feasible=True, seconds=_seconds, path=_path)
 class ExhaustiveSearch:
     """Score every tree of the space (the paper's §3.2) and keep the top-k within budget.
 
     Args:
-        max_trees: refuse spaces with more trees than this (use "exact" or "beam" there).
+        max_trees: refuse spaces with more trees than this (use "exact" or "local" there).
 
     Ranking is by cost, then by the budgeted resource (cheaper first), then by enumeration
     order.
@@ -256,7 +266,7 @@ class ExhaustiveSearch:
         if total > self.max_trees:
             raise BranchnasError(
                 f"{problem.num_tasks} tasks × {problem.depth} cut points give {total:,} trees, "
-                f"over the exhaustive limit of {self.max_trees:,}; use strategy 'exact' or 'beam'"
+                f"over the exhaustive limit of {self.max_trees:,}; use strategy 'exact' or 'local'"
             )
         scorer = _ChainScorer(problem)
         limit = problem.limit

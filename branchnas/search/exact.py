@@ -29,7 +29,7 @@ from __future__ import annotations
 import heapq
 import logging
 from itertools import count as _counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -126,29 +126,57 @@ def _stirling_row(n: int) -> List[int]:
     return row
 
 
+def _seconds(num_tasks: int, depth: int, shared_prefix: int = 0) -> float:
+    """Run-time estimate on one core (about 3e7 table entries per second, plus the partition table)."""
+    if num_tasks > 12:
+        return float("inf")
+    return estimate_entries(num_tasks, depth, shared_prefix) / 3e7 + 2e-5 * _bell(num_tasks)
+
+
+def _bell(n: int) -> int:
+    return sum(_stirling_row(n)) if n else 1
+
+
+def _path(problem: SearchProblem) -> Tuple[List[Tuple[int, float, int]], Any]:
+    """Every count sequence's resource and least cost, and a resolver to its tree."""
+    solver = ExactSolver(problem)
+    idx = solver.feasible_sequences(problem.max_resource)
+    rows = [(int(solver.seq_res[i]), float(solver.best[i]) + solver.prefix_cost, int(i)) for i in idx]
+
+    def resolve(i: int) -> Tree:
+        return solver.top_k(problem.max_resource, 1, np.array([i]))[0]
+
+    return rows, resolve
+
+
 class ExactSolver:
     """The dynamic program of this module for one problem (tables built on construction).
 
     Args:
         problem: a validated :class:`~branchnas.search.SearchProblem`.
         max_entries: refuse problems whose tables would exceed this many floats.
+        subset_max: (D, 2**N) cost of every group of "tasks" per depth, instead of the max
+            pairwise dissimilarity (local search re-solves a tree over groups of tasks, whose
+            group cost also counts each member group's own diameter).
 
     Raises:
         BranchnasError: when the tables would be too large (too many tasks).
     """
 
-    def __init__(self, problem: SearchProblem, max_entries: int = 60_000_000) -> None:
+    def __init__(self, problem: SearchProblem, max_entries: int = 60_000_000,
+                 subset_max: Optional[np.ndarray] = None) -> None:
         n, depth, t = problem.num_tasks, problem.depth, problem.shared_prefix
         need = estimate_entries(n, depth, t)
         if need > max_entries:
             raise BranchnasError(
                 f"exact search over {n} tasks × {depth - t} free cut points needs {need:,} table "
-                f"entries (limit {max_entries:,}); use strategy 'beam' or fewer tasks"
+                f"entries (limit {max_entries:,}); use strategy 'local' (near-optimal for many tasks) or fewer tasks"
             )
         self.problem = problem
         self.n, self.depth, self.start = n, depth, t
         self.table = partition_table(n)
-        self.costs = partition_costs(self.table, subset_max_table(problem.dis))
+        smax = subset_max_table(problem.dis) if subset_max is None else subset_max
+        self.costs = partition_costs(self.table, smax)
         r = problem.resource.astype(np.int64)
         self.prefix_cost = float(sum(self.costs[d, 0] for d in range(t)))
         prefix_res = problem.fixed_resource + int(r[:t].sum())
@@ -264,7 +292,7 @@ class ExactSolver:
         return Tree.from_index_partitions(self.problem.tasks, parts)
 
 
-@register_strategy("exact")
+@register_strategy("exact", exact=True, seconds=_seconds, path=_path)
 class ExactSearch:
     """Exact optimum within budget by dynamic programming over (depth, partition) states.
 

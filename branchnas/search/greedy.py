@@ -97,7 +97,7 @@ def best_coarsening(
     return groups_t, sum(group_cost(dis, g) for g in groups_t) / len(groups_t), int(scored)
 
 
-@register_strategy("fa")
+@register_strategy("fa", exact=False)
 class FAGreedySearch:
     """Lu et al. (2017)'s greedy layer-by-layer task grouping under the same budget.
 

@@ -23,7 +23,7 @@ __all__ = ["RandomSearch"]
 logger = logging.getLogger(__name__)
 
 
-@register_strategy("random")
+@register_strategy("random", exact=False, ranked=False, options=("seed",))
 class RandomSearch:
     """Random refining partitions within the budget.
 
