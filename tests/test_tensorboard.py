@@ -82,6 +82,8 @@ def expected_scalars(run_dir):
                          for m, v in ms.items()})
             rows.update({f"holdout_loss/{t}": v for t, v in r["holdout_loss"].items()})
             rows["holdout/score"] = r["holdout_score"]
+            if r.get("holdout_gain") is not None:
+                rows["holdout/gain"] = r["holdout_gain"]
         for tag, value in rows.items():
             out.setdefault(tag, []).append((r["epoch"], value))
     return out
@@ -152,7 +154,7 @@ def test_without_tensorboard_training_works_and_says_so_once(tmp_path, monkeypat
 def test_early_stopping_holdout_is_logged(tmp_path):
     fit(tmp_path / "run", patience=2, holdout_fraction=0.25)
     scalars = read_scalars(tmp_path / "run")
-    assert {"holdout/score", "holdout/seg/miou", "holdout_loss/cls"} <= set(scalars)
+    assert {"holdout/score", "holdout/gain", "holdout/seg/miou", "holdout_loss/cls"} <= set(scalars)
     assert_same(scalars, expected_scalars(tmp_path / "run"))
 
 

@@ -10,7 +10,8 @@ step being the epoch number (1-based, as in ``metrics.jsonl``). The tags:
 * ``lr``: the learning rate at the epoch's first step;
 * ``val/<task>/<metric>``: validation metrics, on the epochs that were evaluated;
 * with the convergence rule (early stopping): ``holdout/<task>/<metric>``,
-  ``holdout_loss/<task>`` and ``holdout/score``, the held-out slice it watches;
+  ``holdout_loss/<task>``, ``holdout/score`` (the held-out learning curve) and
+  ``holdout/gain`` (what the rule decides on);
 * ``speed/images_per_s``: training throughput.
 
 ``metrics.jsonl`` stays the record a run is resumed from; the event file is a view of it.
@@ -55,7 +56,7 @@ def epoch_scalars(record: Mapping[str, Any]) -> Dict[str, float]:
     Args:
         record: one line of ``metrics.jsonl`` (keys ``train_total``, ``train_loss``,
             ``weights``, ``lr``, ``val``, ``images_per_s``, and ``holdout``, ``holdout_loss``,
-            ``holdout_score`` under the convergence rule; missing or None values are skipped,
+            ``holdout_score``, ``holdout_gain`` under the convergence rule; missing or None values are skipped,
             as are non-finite ones).
 
     Returns:
@@ -80,6 +81,7 @@ def epoch_scalars(record: Mapping[str, Any]) -> Dict[str, float]:
     for task, value in (record.get("holdout_loss") or {}).items():
         put(f"holdout_loss/{task}", value)
     put("holdout/score", record.get("holdout_score"))
+    put("holdout/gain", record.get("holdout_gain"))
     put("speed/images_per_s", record.get("images_per_s"))
     return out
 
