@@ -124,7 +124,8 @@ def test_cli_defaults_are_the_library_constants():
         (R.DEFAULT_SPACE, R.DEFAULT_PROFILE, R.DEFAULT_STRATEGY, R.DEFAULT_MEASURE)
     assert parser.parse_args(["demo"]).profile == "demo"
     a = parser.parse_args(["affinity"])
-    assert (a.k, a.measure, a.image_seed) == (R.DEFAULT_K, R.DEFAULT_MEASURE, R.DEFAULT_IMAGE_SEED)
+    assert (a.k, a.measure, a.image_seed) == (None, R.DEFAULT_MEASURE, R.DEFAULT_IMAGE_SEED)
+    assert R.PROFILES["full"]["k"] == R.DEFAULT_K  # --k unset: the profile's K
     assert parser.parse_args(["tune", "--model", "shared"]).trials == R.DEFAULT_TRIALS
     for command in (["train", "--tree", "t.json"], ["baseline", "shared"], ["train-single"],
                     ["run"], ["demo"], ["validate"]):
