@@ -180,6 +180,7 @@ def test_timm_backbone_options_reach_timm_and_the_spec():
         ({"name": "timm:levit_128s"}, "forward_intermediates"),
         ({"name": "timm:legacy_xception"}, "FeatureHookNet"),
         ({"name": "timm:hrnet_w18_small"}, "HighResolutionNetFeatures"),
+        ({"name": "timm:selecsls42b"}, "outputs list, not the"),
         ({"name": "timm:test_resnet", "model_kwargs": {"no_such_option": 1}}, "timm cannot build"),
         ({"name": "timm:test_resnet", "out_indices": [9]}, "timm cannot build"),
         ({"name": "timm:test_resnet", "pretrained": "yes"}, "true or false"),

@@ -264,6 +264,11 @@ class Backbone(ABC):
                         f"input size {hw[0]}x{hw[1]} is too small for block {d + 1} of backbone "
                         f"{self.name!r} ({str(e).splitlines()[0]}); use a larger input size"
                     ) from None
+                if not isinstance(out, torch.Tensor):
+                    raise BranchnasError(
+                        f"block {d + 1} of backbone {self.name!r} outputs a "
+                        f"{type(out).__name__}, not a tensor; it cannot be cut there"
+                    )
                 flops.append(f)
                 shape = tuple(out.shape)
                 shapes.append(shape[1:])

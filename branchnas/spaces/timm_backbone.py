@@ -232,6 +232,7 @@ class TimmBackbone(Backbone):
         self._pretrained_model: Optional[nn.Module] = None
         # the model on meta: checks the cut is possible (and its NHWC layout) up front
         self._meta_stages()
+        self._check_outputs()
 
     # ------------------------------------------------------------------ timm calls
     def _create(self, device: Optional[str] = None, **kwargs: Any) -> nn.Module:
@@ -350,6 +351,41 @@ class TimmBackbone(Backbone):
             self._nhwc = str(getattr(model, "output_fmt", "NCHW")) == "NHWC"
             self._meta_model = nn.ModuleList(self.split(model))
         return list(self._meta_model)
+
+    def _check_outputs(self) -> None:
+        """Run the meta blocks once at the model's own input size: each must hand the next
+        a ``(B, C, H, W)`` map with the channels ``feature_info`` declares."""
+        size = (self._meta_model_cfg_size() or (self.in_channels, 224, 224))[-2:]
+        x: Any = torch.empty(1, self.in_channels, *size, device="meta")
+        with torch.no_grad():
+            for d, (stage, c) in enumerate(zip(self._meta_stages(), self._channels)):
+                try:
+                    x = stage.eval()(x)
+                except (RuntimeError, AssertionError, ValueError, TypeError) as e:
+                    # the model's default size does not suit it (checked again at the space's
+                    # input size, where the error is reported)
+                    logger.debug("skipped output check of %s: %s", self.name, _first_line(e))
+                    return
+                finally:
+                    stage.train()
+                if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != c:
+                    got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                    raise BranchnasError(
+                        f"timm model {self.model!r}: block {d + 1} ({self._modules_at[d]}) "
+                        f"outputs {got}, not the (B, {c}, H, W) map its feature_info declares, "
+                        "so it cannot be cut there; pick other out_indices or another model"
+                    )
+
+    def _meta_model_cfg_size(self) -> Optional[Tuple[int, ...]]:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(self.model)
+        size = getattr(cfg, "input_size", None) if cfg is not None else None
+        if "img_size" in self._kwargs:
+            img = self._kwargs["img_size"]
+            hw = tuple(img) if isinstance(img, (list, tuple)) else (int(img), int(img))
+            return (self.in_channels,) + tuple(int(v) for v in hw)
+        return tuple(size) if size else None
 
     # ------------------------------------------------------------------ Backbone hooks
     def _specs(self) -> List[_BlockSpec]:
