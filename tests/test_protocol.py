@@ -154,3 +154,12 @@ def test_taskonomy_weights_keypoints_and_edges_ten():
     space = load_space("taskonomy-resnet50")
     assert TrainConfig.from_sources(space.training).task_weights == {"keypoints": 10.0,
                                                                     "edges": 10.0}
+
+
+def test_a_task_weight_for_a_task_the_space_lacks_is_refused():
+    from branchnas.spaces import SearchSpace, load_space
+
+    raw = load_space("taskonomy-resnet50").to_dict()
+    raw["training"]["task_weights"] = {"keypoint": 10}
+    with pytest.raises(BranchnasError, match=r"training\.task_weights.*keypoint"):
+        SearchSpace.from_dict(raw, name="taskonomy")

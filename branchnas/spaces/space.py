@@ -465,6 +465,12 @@ class SearchSpace:
                     f"training.{k}",
                     "must be a string, number, boolean, list or table of those",
                 )
+        for k in ("task_weights", "task_batch_sizes"):  # per-task tables name the space's tasks
+            given = tr_raw.get(k)
+            stray = sorted(set(given) - {t.name for t in tasks}) if isinstance(given, Mapping) else []
+            if stray:
+                raise chk.fail(f"training.{k}", f"names task(s) {', '.join(stray)} that the space "
+                               f"does not have; use: {', '.join(t.name for t in tasks)}")
 
         # [search]
         se_raw = chk.table(raw.get("search"), "search", required=False)
