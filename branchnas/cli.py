@@ -10,21 +10,28 @@ resumes.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, NoReturn, Optional, Sequence
 
+from ._choices import LazyChoices
 from .errors import BranchnasError
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SPACE = "scenes"
+# Option defaults are the library's constants (the resolver's; a light import, no torch).
+from .pipeline.resolve import (  # noqa: E402
+    DEFAULT_IMAGE_SEED, DEFAULT_K, DEFAULT_MEASURE, DEFAULT_PROFILE, DEFAULT_RANDOM_DRAWS,
+    DEFAULT_RESULTS_DIR, DEFAULT_SPACE, DEFAULT_STRATEGY, DEFAULT_STUDY_PROFILE,
+    DEFAULT_STUDY_SEEDS, DEFAULT_STUDY_SHARED_PREFIX, DEFAULT_TRIALS, list_profiles,
+)
 
 
 # Under torchrun only rank 0 prints (set in main).
@@ -67,29 +74,46 @@ def _cmd_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _out_dir(args: argparse.Namespace, space_name: str) -> Path:
-    return Path(args.out) if args.out else Path("runs") / space_name
+def _run_spec(args: argparse.Namespace, tasks: Optional[Sequence[str]] = None) -> Any:
+    """The command's run, resolved once (space, profile, --out, training options, device)."""
+    from .pipeline.resolve import resolve_run
+    from .training import overrides_from_args
+
+    return resolve_run(args.space, profile=getattr(args, "profile", None), tasks=tasks,
+                       out=args.out, overrides=overrides_from_args(args), device=args.device,
+                       force=getattr(args, "force", False))
 
 
-def _train_config(args: argparse.Namespace, space: Any, model: Optional[str] = None) -> Any:
-    """The space's training table, then settings tuned for ``model`` (if any), then the command line."""
-    from .pipeline.tune import tuned_overrides
-    from .training import TrainConfig, overrides_from_args
+def _cleared(spec: Any, run_dir: Path) -> Path:
+    """``run_dir``, removed first when --force asks to retrain it."""
+    if spec.force:
+        from .training.rundir import RunDir
 
-    tuned = tuned_overrides(_out_dir(args, space.name), space, model) if model else {}
-    return TrainConfig.from_sources(space.training, {**tuned, **overrides_from_args(args)})
+        RunDir(run_dir).clear()
+    return run_dir
 
 
 def _cmd_train_single(args: argparse.Namespace) -> int:
-    from .pipeline.stages import run_singles
-    from .spaces import load_space
+    from .pipeline.executor import run_all
+    from .pipeline.executors import single_job
+    from .pipeline.results import model_result
 
-    space = load_space(args.space)
-    out = _out_dir(args, space.name)
-    results = [run_singles(space, out, _train_config(args, space, f"single:{t}"), tasks=[t], device=args.device)[t]
-               for t in (args.tasks or space.task_names)]
+    spec = _run_spec(args)
+    tasks = args.tasks or spec.space.task_names
+    unknown = [t for t in tasks if t not in spec.space.task_names]
+    if unknown:
+        raise BranchnasError(f"search space {spec.space.name!r} has no task(s) {', '.join(unknown)}; "
+                             f"choose from: {', '.join(spec.space.task_names)}")
+    configs = {t: spec.train_config(f"single:{t}") for t in tasks}  # all checked before training
+    executor_cfg = _executor_config(args).validate()
+    for t in tasks:
+        _cleared(spec, spec.layout.single(t))
+    # one job per task, on the executor (this process, --jobs processes, or Ray)
+    with executor_cfg.create() as executor:
+        results = [model_result(r) for r in run_all(
+            executor, [single_job(spec.space, t, configs[t], spec.out, spec.device) for t in tasks])]
     _print(_format_results(results))
-    _print(f"\nrun directories: {out / 'single'}")
+    _print(f"\nrun directories: {spec.layout.singles}")
     return 0
 
 
@@ -106,36 +130,40 @@ def _format_results(results: Any) -> str:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .pipeline.stages import run_tree
+    from .tree import Tree
 
-    space, tree = _space_and_tree(args)
-    out = _out_dir(args, space.name)
+    spec = _run_spec(args, tasks=Tree.load(args.tree).tasks)  # the profiled space of the tree's tasks
+    tree = Tree.load(args.tree, tasks=spec.space.task_names, depth=spec.space.depth)
     name = args.name or Path(args.tree).stem
-    result = run_tree(space, tree, out, _train_config(args, space, f"tree:{args.tree}"), name, device=args.device)
+    config = spec.train_config(f"tree:{args.tree}")
+    run_dir = _cleared(spec, spec.layout.tree(name))
+    result = run_tree(spec.space, tree, spec.out, config, name, device=spec.device)
     _print(tree.ascii())
     _print(_format_results([result]))
-    _print(f"\nrun directory: {out / 'trees' / name}")
+    _print(f"\nrun directory: {run_dir}")
     return 0
 
 
 def _cmd_baseline(args: argparse.Namespace) -> int:
     from .pipeline.stages import run_baseline
-    from .spaces import load_space
 
-    space = load_space(args.space)
-    out = _out_dir(args, space.name)
-    result = run_baseline(space, args.name, out, _train_config(args, space, args.name), device=args.device)
+    spec = _run_spec(args)
+    config = spec.train_config(args.name)
+    _cleared(spec, spec.layout.baseline(args.name))
+    result = run_baseline(spec.space, args.name, spec.out, config, device=spec.device)
     _print(_format_results([result]))
     return 0
 
 
 def _cmd_affinity(args: argparse.Namespace) -> int:
     from .pipeline.affinity import affinity_stage
-    from .spaces import load_space
 
-    space = load_space(args.space)
-    out = _out_dir(args, space.name)
-    path = affinity_stage(space, out, _train_config(args, space), measure=args.measure, k=args.k,
-                          seed=args.image_seed, device=args.device, path=args.output)
+    spec = _run_spec(args)
+    from .pipeline.resolve import get_profile
+
+    k = args.k if args.k is not None else get_profile(spec.profile).get("k", DEFAULT_K)
+    path = affinity_stage(spec.space, spec.out, spec.train_config(), measure=args.measure, k=k,
+                          seed=args.image_seed, device=spec.device, path=args.output)
     _print(f"wrote {path} (+ {path.with_suffix('.json').name})")
     return 0
 
@@ -155,12 +183,15 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     from .pipeline.pareto import write_pareto
     from .pipeline.results import results_table
 
-    root = Path(args.runs) if args.runs else Path("runs") / args.space
+    from .pipeline.layout import RunLayout, default_out
+
+    layout = RunLayout(args.runs if args.runs else default_out(args.space))
+    root = layout.root
     table = results_table(root, space=args.space)
     if not len(table):
         raise BranchnasError(f"no trained models under {root}; train some first "
                              f"(branchnas run --space {args.space})")
-    out = Path(args.out) if args.out else root / "plots"
+    out = Path(args.out) if args.out else layout.plots
     png, csv = write_pareto(table, out, title=f"{args.space}: parameters vs Δm")
     _print(f"wrote {png}\nwrote {csv}")
     return 0
@@ -193,7 +224,8 @@ def _pipeline_config(args: argparse.Namespace, profile: str) -> Any:
     return PipelineConfig(space=args.space, out=args.out, profile=profile, tasks=args.tasks,
                           budgets=budgets, strategy=args.strategy, measure=args.measure, k=args.k,
                           baselines=args.baselines, device=args.device,
-                          training=overrides_from_args(args), storage=args.storage, study=args.study)
+                          training=overrides_from_args(args), executor=_executor_config(args),
+                          force=args.force)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -206,16 +238,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .data import create_dataset, render_preview
-    from .pipeline.run import PROFILES, format_summary, profile_space, run_pipeline
-    from .spaces import load_space
+    from .pipeline.resolve import resolve_pipeline
+    from .pipeline.run import format_summary, run_pipeline
 
     cfg = _pipeline_config(args, args.profile)
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.space}-{cfg.profile}"
-    cfg.out = str(out)
-    space = profile_space(load_space(cfg.space), cfg.profile, cfg.tasks or PROFILES[cfg.profile].get("tasks"))
+    spec = resolve_pipeline(cfg)  # every option checked before the preview is drawn
+    cfg.out = str(spec.out)
+    _print(_task_table(spec.space))
+    spec.out.mkdir(parents=True, exist_ok=True)
     preview = render_preview(create_dataset("scenes", split="val", size=4, resolution=64), n=4,
-                             path=out / "plots" / "scenes-preview.png")
-    _print(_task_table(space))
+                             path=spec.layout.preview_png)
     _print(f"\nembedded benchmark preview: {preview}\n")
     summary = run_pipeline(cfg)
     _print(format_summary(summary))
@@ -240,25 +272,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_worker(args: argparse.Namespace) -> int:
-    from .pipeline.queue import run_worker
-
-    report = run_worker(args.storage, args.study, imports=args.imports or (), max_jobs=args.max_jobs,
-                        idle_timeout=args.idle_timeout)
-    _print(f"worker {report.worker}: {len(report.completed)} completed, {len(report.failed)} failed, "
-           f"{len(report.lost)} handed back, {len(report.duplicates)} duplicates skipped")
-    return 1 if report.failed else 0
-
-
 def _cmd_tune(args: argparse.Namespace) -> int:
     from .pipeline.tune import tune
-    from .spaces import load_space
-    from .training import overrides_from_args
 
-    space = load_space(args.space)
-    out = _out_dir(args, space.name)
-    result = tune(args.space, args.model, trials=args.trials, out_dir=out, storage=args.storage,
-                  queue_study=args.study, overrides=overrides_from_args(args), device=args.device)
+    spec = _run_spec(args)  # the space, --out and the untuned settings, checked first
+    result = tune(args.space, args.model, trials=args.trials, out_dir=spec.out, storage=args.storage,
+                  overrides=spec.overrides, device=spec.device, profile=spec.profile,
+                  executor=_executor_config(args))
     _print(json.dumps(result, indent=2))
     return 0
 
@@ -270,13 +290,37 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     cfg = ValidationConfig(space=args.space, tasks=args.tasks, shared_prefix=args.shared_prefix,
                            profile=args.profile, seeds=tuple(args.seeds), noise_trees=args.noise_trees,
                            random_draws=args.random_draws, k=args.k, out=args.out,
-                           results_dir=args.results_dir, jobs=args.jobs, device=args.device,
-                           training=overrides_from_args(args), train=not args.analyse_only)
+                           results_dir=args.results_dir, executor=_executor_config(args),
+                           device=args.device,
+                           training=overrides_from_args(args), train=not args.analyse_only,
+                           force=args.force)
     _print(format_validation(run_validation(cfg)))
     return 0
 
 
 # --------------------------------------------------------------------------- parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the command line's error convention: one ``error:`` line (for an unknown
+    choice it lists the choices), exit status 2; subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _listed(module: str, function: str, extra: Sequence[str] = ()) -> LazyChoices:
+    """A registry's names as an option's choices, read when argparse first needs them
+    (checking a value, printing --help or an error): most registries import torch. Such an
+    option takes a metavar and lists ``%(choices)s`` in its help (argparse would read the
+    choices at once to build a metavar)."""
+    return LazyChoices(lambda: getattr(importlib.import_module(module, __package__), function)(), extra)
+
+
+_MEASURES = _listed(".affinity.measures", "list_measures")
+_STRATEGIES = _listed(".search", "list_strategies", extra=("auto",))  # auto: chosen by size
+_BASELINES = _listed(".models.baselines", "list_baselines")
+_EXECUTORS = _listed(".pipeline.executor", "list_executors")
 
 _COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -293,26 +337,58 @@ def _space_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", default=DEFAULT_SPACE, help="search-space name or TOML path (default: %(default)s)")
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
+def _run_args(p: argparse.ArgumentParser, force: bool = False) -> None:
     from .training.config import add_train_arguments
 
-    p.add_argument("--out", help="output directory of the runs (default: runs/<space>)")
+    p.add_argument("--out", help="output directory of the runs (default: runs/<space>[-<profile>])")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    if force:
+        p.add_argument("--force", action="store_true",
+                       help="retrain: remove the run directories this command would reuse first "
+                       "(a finished run with other settings is refused without it)")
     add_train_arguments(p)
 
 
-def _queue_args(p: argparse.ArgumentParser, required: bool) -> None:
-    p.add_argument("--storage", required=required,
-                   help="job queue: sqlite:///path.db, journal:///abs/path.journal or postgresql://user:pw@host/db"
-                   + ("" if required else " (training jobs then run on `branchnas worker`s)"))
-    p.add_argument("--study", default="branchnas", help="queue name on that storage (default: %(default)s)")
+def _profile_arg(p: argparse.ArgumentParser, default: str = DEFAULT_PROFILE) -> None:
+    p.add_argument("--profile", default=default, choices=list_profiles(),
+                   help="how much work: full (the space's settings), demo, tiny, study; settings "
+                   "resolve as defaults < space < profile < tuned < command line (default: %(default)s)")
+
+
+def _executor_args(p: argparse.ArgumentParser) -> None:
+    """Where the training jobs run (pipeline.executor.ExecutorConfig; checked there)."""
+    g = p.add_argument_group("execution (where training jobs run)")
+    g.add_argument("--executor", default="local", choices=_EXECUTORS, metavar="EXECUTOR",
+                   help="%(choices)s. local: this machine (--jobs processes); ray: a Ray task per job, on a Ray "
+                   "cluster (--ray-address) or a Ray instance started here; needs pip install -e .[ray] "
+                   "(default: %(default)s)")
+    g.add_argument("--jobs", type=int, default=1,
+                   help="local: training jobs at once, each in its own process (default: %(default)s)")
+    g.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="ray: the cluster to join (`ray start --head` prints it); default: start Ray here")
+    g.add_argument("--cpus-per-job", type=float, default=1.0,
+                   help="ray: CPUs a job asks for unless its config sets threads (default: %(default)s)")
+    g.add_argument("--gpus-per-job", type=float,
+                   help="ray: GPUs per job; fractions share a GPU, e.g. 0.25 (default: 1 on a cluster "
+                   "with GPUs, else 0)")
+    g.add_argument("--max-retries", type=int, default=3,
+                   help="ray: reruns of a job whose worker or node died; it resumes from its "
+                   "checkpoint (default: %(default)s)")
+
+
+def _executor_config(args: argparse.Namespace) -> Any:
+    from .pipeline.executor import ExecutorConfig
+
+    return ExecutorConfig(name=args.executor, jobs=args.jobs, address=args.ray_address,
+                          cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job,
+                          max_retries=args.max_retries)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="branchnas",
         description="Design branched multi-task networks: which layers should tasks share?",
     )
@@ -324,21 +400,27 @@ def build_parser() -> argparse.ArgumentParser:
              "print a search space's blocks (channels, stride, params, FLOPs) and tree totals")
     _space_arg(p)
     p.add_argument("--tree", help="a tree JSON file to total")
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table to read, or JSON for scripts (default: %(default)s)")
 
     p = _add(sub, "train-single", _cmd_train_single,
              "train one single-task network per task (skips finished runs, resumes interrupted ones)")
     _space_arg(p)
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks to train (default: all)")
-    _run_args(p)
+    _profile_arg(p)
+    _executor_args(p)
+    _run_args(p, force=True)
 
     p = _add(sub, "affinity", _cmd_affinity,
              "task affinity at every cut point from the single-task networks (trains missing ones)")
     _space_arg(p)
-    p.add_argument("--measure", default="rsa", help="rsa (the paper's), cka or fa (default: %(default)s)")
-    p.add_argument("--k", type=int, default=500, help="held-out images (default: %(default)s)")
-    p.add_argument("--image-seed", type=int, default=0, help="seed of the image subset (default: %(default)s)")
+    p.add_argument("--measure", default=DEFAULT_MEASURE, choices=_MEASURES, metavar="MEASURE",
+                   help="affinity measure: %(choices)s; rsa is the paper's (default: %(default)s)")
+    p.add_argument("--k", type=int, help=f"held-out images (default: the profile's; {DEFAULT_K} for full)")
+    p.add_argument("--image-seed", type=int, default=DEFAULT_IMAGE_SEED,
+                   help="seed of the image subset (default: %(default)s)")
     p.add_argument("--output", help="affinity file to write (default: <out>/affinity-<measure>.npz)")
+    _profile_arg(p)
     _run_args(p)
 
     p = _add(sub, "search", _cmd_search,
@@ -352,8 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     bud = p.add_mutually_exclusive_group()
     bud.add_argument("--budget", help="parameter budget, e.g. 12M, 1.5G, 3e6 (default: none)")
     bud.add_argument("--budget-flops", help="FLOPs budget instead, e.g. 1.5G")
-    p.add_argument("--strategy", default="auto",
-                   help="exhaustive, exact, beam, fa, random, or auto: exhaustive up to 2M trees, exact up to 10 tasks, "
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=_STRATEGIES, metavar="STRATEGY",
+                   help="%(choices)s; auto: exhaustive up to 2M trees, exact up to 10 tasks, "
                    "else beam (default: %(default)s)")
     p.add_argument("--beam-width", type=int, default=10, help="beam: partial trees kept per depth (paper: 10)")
     p.add_argument("--max-branches", type=int, help="beam: most subgroups a group splits into")
@@ -362,18 +444,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "[search] shared_prefix, else 0)")
     p.add_argument("--top", type=int, default=3, help="trees to show (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for random/beam (default: %(default)s)")
-    p.add_argument("--format", choices=["table", "json", "tree"], default="table")
+    p.add_argument("--format", choices=["table", "json", "tree"], default="table",
+                   help="table to read, JSON for scripts, or tree: one tree JSON per line for "
+                   "`branchnas train --tree` (default: %(default)s)")
 
     p = _add(sub, "train", _cmd_train, "train the BranchedNet of a tree and compare it with the single-task networks")
     _space_arg(p)
     p.add_argument("--tree", required=True, help="tree JSON file (e.g. from `branchnas search --format tree`)")
     p.add_argument("--name", help="run name (default: the tree file's stem)")
-    _run_args(p)
+    _profile_arg(p)
+    _run_args(p, force=True)
 
     p = _add(sub, "baseline", _cmd_baseline, "train a baseline: single, shared, cross_stitch, mtan or nddr")
-    p.add_argument("name", help="baseline name")
+    p.add_argument("name", choices=_BASELINES, metavar="NAME",
+                   help="the baseline to train: %(choices)s")
     _space_arg(p)
-    _run_args(p)
+    _profile_arg(p)
+    _run_args(p, force=True)
 
     p = _add(sub, "pareto", _cmd_pareto, "plot parameters vs Δm of every trained model (PNG + CSV)")
     _space_arg(p)
@@ -381,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (default: <runs>/plots)")
 
     p = _add(sub, "plot", _cmd_plot, "plots: `plot affinity FILE` (heatmaps, affinity vs depth) or `plot pareto`")
-    p.add_argument("what", choices=["affinity", "pareto"])
+    p.add_argument("what", choices=["affinity", "pareto"],
+                   help="affinity: heatmaps and affinity vs depth of FILE; pareto: parameters vs Δm "
+                   "of the trained models")
     p.add_argument("file", nargs="?", help="affinity .npz (for `plot affinity`)")
     p.add_argument("--space", default=DEFAULT_SPACE, help="for `plot pareto` (default: %(default)s)")
     p.add_argument("--runs", help="for `plot pareto`: directory of runs (default: runs/<space>)")
@@ -395,37 +484,36 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = _add(sub, name, func, help_text)
         _space_arg(p)
-        p.add_argument("--profile", default=profile, choices=["full", "demo", "tiny"],
-                       help="how much work: full (the space's settings), demo, tiny (default: %(default)s)")
+        _profile_arg(p, profile)
         p.add_argument("--budgets", help="comma-separated parameter budgets, e.g. 0.8M,1.2M (default: evenly spaced)")
         p.add_argument("--tasks", nargs="+", metavar="TASK", help="a subset of the space's tasks")
-        p.add_argument("--strategy", default="auto", help="search strategy (default: %(default)s)")
-        p.add_argument("--measure", default="rsa", help="affinity measure: rsa, cka, fa (default: %(default)s)")
+        p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=_STRATEGIES, metavar="STRATEGY",
+                       help="tree search: %(choices)s; auto: exhaustive while small, exact up "
+                       "to 10 tasks, else beam (default: %(default)s)")
+        p.add_argument("--measure", default=DEFAULT_MEASURE, choices=_MEASURES, metavar="MEASURE",
+                       help="affinity measure: %(choices)s; rsa is the paper's (default: %(default)s)")
         p.add_argument("--k", type=int, help="held-out images for affinity (default: the profile's)")
-        p.add_argument("--baselines", nargs="*", metavar="NAME",
-                       help="baselines to train (default: shared cross_stitch mtan nddr)")
-        _queue_args(p, required=False)
-        _run_args(p)
+        p.add_argument("--baselines", nargs="*", metavar="NAME", choices=_BASELINES,
+                       help="baselines to train, from: %(choices)s (default: the profile's)")
+        _executor_args(p)
+        if name == "demo":  # the demo's 5 minutes assume two jobs at once on two cores
+            p.set_defaults(jobs=2)
+        _run_args(p, force=True)
 
     p = _add(sub, "report", _cmd_report, "write report.html (self-contained) and report.md for a run directory")
     p.add_argument("run_dir", help="a directory written by `branchnas run`")
 
 
 
-    p = _add(sub, "worker", _cmd_worker, "take training jobs from a queue until none remain")
-    _queue_args(p, required=True)
-    p.add_argument("--max-jobs", type=int, help="stop after this many jobs")
-    p.add_argument("--idle-timeout", type=float, default=600.0,
-                   help="seconds to wait on an empty open queue (default: %(default)s)")
-    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
-                   help="module registering extra job kinds (repeatable)")
-
     p = _add(sub, "tune", _cmd_tune, "tune a model's optimiser, learning rate, batch size and schedule with optuna")
     _space_arg(p)
     p.add_argument("--model", required=True,
                    help="single:<task>, tree:<file.json>, or a baseline (shared, cross_stitch, mtan, nddr)")
-    p.add_argument("--trials", type=int, default=20, help="trials, the same for every compared model (default: %(default)s)")
-    _queue_args(p, required=False)
+    p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="trials, the same for every compared model (default: %(default)s)")
+    p.add_argument("--storage", help="optuna storage to keep the study in: sqlite:///path.db or "
+                   "postgresql://user:pw@host/db (default: a journal file beside the results)")
+    _executor_args(p)
+    _profile_arg(p)
     _run_args(p)
 
 
@@ -434,21 +522,22 @@ def build_parser() -> argparse.ArgumentParser:
              "measure the regret of the search's pick per budget (CSV, PNG, SUMMARY.md)")
     _space_arg(p)
     p.add_argument("--tasks", nargs="+", metavar="TASK", help="tasks of the study (default: 3 dense tasks)")
-    p.add_argument("--shared-prefix", type=int, default=1,
+    p.add_argument("--shared-prefix", type=int, default=DEFAULT_STUDY_SHARED_PREFIX,
                    help="blocks always shared; branching over the rest (default: %(default)s)")
-    p.add_argument("--profile", default="study", help="training profile (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="seed 0 trains every tree, the others a subset for noise (default: 0 1 2)")
+    _profile_arg(p, DEFAULT_STUDY_PROFILE)
+    p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_STUDY_SEEDS),
+                   help="seed 0 trains every tree, the others a subset for noise (default: "
+                   + " ".join(map(str, DEFAULT_STUDY_SEEDS)) + ")")
     p.add_argument("--noise-trees", nargs="+", metavar="TREE",
                    help="trees trained with every seed: `all`, or names such as t003 (default: fully "
                    "shared, all separate, and each parameter group's least-cost tree)")
-    p.add_argument("--random-draws", type=int, default=20,
+    p.add_argument("--random-draws", type=int, default=DEFAULT_RANDOM_DRAWS,
                    help="seeds of the random strategy per budget (default: %(default)s)")
     p.add_argument("--k", type=int, help="held-out images for affinity (default: the profile's)")
-    p.add_argument("--results-dir", default="results/validation", help="where tables and plots go (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=1, help="trainings in parallel (default: %(default)s)")
+    p.add_argument("--results-dir", default=DEFAULT_RESULTS_DIR, help="where tables and plots go (default: %(default)s)")
     p.add_argument("--analyse-only", action="store_true", help="only analyse the runs already done")
-    _run_args(p)
+    _executor_args(p)
+    _run_args(p, force=True)
 
     return parser
 

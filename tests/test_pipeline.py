@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,23 @@ def test_run_writes_every_stage_and_report(tmp_path, capsys):
     assert main(["run", "--out", str(out), *ARGS]) == 0
     assert {p: p.stat().st_mtime_ns for p in out.rglob("done")} == before
 
+    # Another setting on a done run: refused in one line naming it, nothing rewritten.
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["run", "--out", str(out), *ARGS, "--weight-decay", "0.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "weight_decay" in err and "--force" in err and "\n" not in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+    # Paths in summary.json are relative, so a moved run directory still reports (issue #16).
+    summary = json.loads((out / "summary.json").read_text())
+    assert not any(Path(summary[k]).is_absolute() for k in ("affinity", "pareto_png", "report_html"))
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(out, moved)
+    shutil.rmtree(out)
+    assert main(["report", str(moved)]) == 0
+    assert "data:image/png;base64" in (moved / "report.html").read_text()
+
 
 def test_killed_run_resumes_to_identical_results(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -90,26 +108,18 @@ def test_bad_budget_is_one_line_error(budget, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_run_through_a_queue_matches_in_process(tmp_path):
-    """`run --storage` enqueues the training jobs; two workers train them; same results."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def test_run_on_two_local_worker_processes_matches_in_process(tmp_path):
+    """`run --jobs 2` trains the jobs in two worker processes; same results as in-process."""
+    from branchnas.pipeline.jobs import job_attempts
+
     reference = tmp_path / "reference"
     assert main(["run", "--out", str(reference), *ARGS]) == 0
-
-    storage = f"journal://{tmp_path / 'jobs.journal'}"
-    queued = tmp_path / "queued"
-    driver = subprocess.Popen([sys.executable, "-m", "branchnas", "run", "--out", str(queued),
-                               "--storage", storage, *ARGS], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    workers = [subprocess.Popen([sys.executable, "-m", "branchnas", "worker", "--storage", storage,
-                                 "--idle-timeout", "120"], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL) for _ in range(2)]
-    _, err = driver.communicate(timeout=600)
-    assert driver.returncode == 0, err.decode()[-2000:]
-    reports = [w.communicate(timeout=180)[0].decode() for w in workers]
-    completed = sum(int(r.split(": ")[1].split(" completed")[0]) for r in reports)
-    assert completed == 2 + 1 + 1  # two single-task nets, one tree, one baseline
-    assert _results(queued) == _results(reference)
+    pooled = tmp_path / "pooled"
+    assert main(["run", "--out", str(pooled), "--jobs", "2", *ARGS]) == 0
+    assert _results(pooled) == _results(reference)
+    attempts = [a for d in pooled.glob("*/*") for a in job_attempts(d)]
+    assert len(attempts) == 2 + 1 + 1  # two single-task nets, one tree, one baseline
+    assert os.getpid() not in {a["pid"] for a in attempts}
 
 
 def test_demo_prints_task_table_preview_and_recommendations(tmp_path, capsys):

@@ -5,8 +5,11 @@ Pareto plot → report. Each stage lives in its own run directory under ``out`` 
 when done, resumed from its checkpoint when interrupted; so a killed run, run again, ends with
 the same results as an uninterrupted one.
 
-Profiles (:data:`PROFILES`) scale the work: ``full`` uses the space's own settings, ``demo``
-finishes in minutes on two CPU cores, ``tiny`` in seconds (for tests).
+Profiles (:data:`~branchnas.pipeline.resolve.PROFILES`) scale the work: ``full`` uses the
+space's own settings, ``demo`` finishes in minutes on two CPU cores, ``tiny`` in seconds (for
+tests). Every option is resolved and checked first, by
+:func:`~branchnas.pipeline.resolve.resolve_pipeline`; every path comes from the run's
+:class:`~branchnas.pipeline.layout.RunLayout`.
 """
 
 from __future__ import annotations
@@ -15,89 +18,64 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from ..errors import BranchnasError
 from ..training import TrainConfig
 from ..training.rundir import atomic_write_text
 from .affinity import affinity_stage
+from .executor import ExecutorConfig, run_all
 from .executors import baseline_job, single_job, tree_job
 from .pareto import write_pareto
-from .results import ModelResult, results_table
-from .queue import close_queue, run_jobs
-from .stages import run_baseline, run_singles, run_tree
-from .tune import tuned_overrides
+from .results import ModelResult, model_result, results_table
+from .stages import check_reusable
+from .resolve import (DEFAULT_MEASURE, DEFAULT_PROFILE, DEFAULT_SPACE, DEFAULT_STRATEGY, PROFILES,
+                      default_budgets, profile_space, resolve_pipeline)
 
 __all__ = ["PROFILES", "PipelineConfig", "profile_space", "default_budgets", "run_pipeline",
-           "format_summary"]
+           "format_summary", "displayed_summary"]
 
 log = logging.getLogger(__name__)
-
-# Each profile overrides parts of the search space and the pipeline's own settings.
-# Small profiles train on one thread: the small CNN's convolutions are too small to gain from
-# more, and on a busy machine extra threads cost many times their work in contention.
-#   dataset / input_size: merged into the space ([dataset] table, [input] size)
-#   training: merged over the space's [training] table (then command-line overrides)
-#   tasks: the tasks used when none are given (default: all of the space's)
-#   k: held-out images for affinity; budgets: how many budgets when none are given
-#   baselines: which baselines to train
-PROFILES: Dict[str, Dict[str, Any]] = {
-    "full": {"k": 500, "budgets": 3,
-             "baselines": ["shared", "cross_stitch", "mtan", "nddr"]},
-    "demo": {"tasks": ["semseg", "depth", "normals", "scene"],
-             "dataset": {"size": 256, "resolution": [32, 32]}, "input_size": [32, 32],
-             "training": {"epochs": 3, "batch_size": 32, "threads": 1}, "k": 128, "budgets": 3,
-             "baselines": ["shared", "cross_stitch", "mtan", "nddr"]},
-    "tiny": {"dataset": {"size": 12, "resolution": [32, 32]}, "input_size": [32, 32],
-             "training": {"epochs": 2, "batch_size": 6, "eval_batch_size": 12, "threads": 1}, "k": 8,
-             "budgets": 2, "baselines": ["shared"]},
-}
-
 
 @dataclass
 class PipelineConfig:
     """What ``branchnas run`` does; defaults come from the profile."""
 
-    space: str = "scenes"  # search-space name or TOML path
+    space: str = DEFAULT_SPACE  # search-space name or TOML path
     out: Optional[str] = None  # output root (default: runs/<space>[-<profile>])
-    profile: str = "full"  # a key of PROFILES
+    profile: str = DEFAULT_PROFILE  # a key of PROFILES
     tasks: Optional[List[str]] = None  # a subset of the space's tasks (default: all)
     budgets: Optional[List[str]] = None  # parameter budgets ("1.2M", ...); default: evenly spaced
-    strategy: str = "auto"  # search strategy; auto = exact up to 10 tasks, beam beyond
-    measure: str = "rsa"  # affinity measure
+    strategy: str = DEFAULT_STRATEGY  # search strategy; auto = exhaustive while small, exact up to 10 tasks, beam beyond
+    measure: str = DEFAULT_MEASURE  # affinity measure
     k: Optional[int] = None  # held-out images for affinity (default: the profile's)
     baselines: Optional[List[str]] = None  # default: the profile's
     device: Optional[str] = None  # None: CUDA when available
     training: Dict[str, Any] = field(default_factory=dict)  # overrides of the training config
-    storage: Optional[str] = None  # job-queue URL: training jobs go to `branchnas worker`s
-    study: str = "branchnas"  # the queue's study name on that storage
-
-
-def profile_space(space: Any, profile: str, tasks: Optional[Sequence[str]] = None) -> Any:
-    """The space with the profile's dataset/input overrides applied (and restricted to ``tasks``)."""
-    from ..spaces import SearchSpace
-
-    if profile not in PROFILES:
-        raise BranchnasError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
-    prof = PROFILES[profile]
-    if "dataset" in prof or "input_size" in prof:
-        d = space.to_dict()
-        d["dataset"] = {**d["dataset"], **prof.get("dataset", {})}
-        if "input_size" in prof:
-            d["input"] = {**d["input"], "size": list(prof["input_size"])}
-        space = SearchSpace.from_dict(d, name=space.name, source=space.source)
-    return space.subset(list(tasks)) if tasks else space
-
-
-def default_budgets(space: Any, n: int) -> List[int]:
-    """``n`` parameter budgets evenly spaced strictly between fully shared and all single-task."""
-    lo = space.tree_params(space.fully_shared_tree())
-    hi = space.tree_params(space.single_task_tree())
-    return [int(lo + (hi - lo) * i / (n + 1)) for i in range(1, n + 1)]
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where training jobs run
+    force: bool = False  # retrain every stage: the run's cached work is removed first
 
 
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def _tree_run_name(budget: int, format_budget: Any) -> str:
+    return f"budget-{format_budget(budget)}"
+
+
+def _check_done_runs(spec: Any, format_budget: Any) -> None:
+    """Refuse (one line, naming the keys) any done run of this pipeline made with other
+    settings: single-task networks, baselines, and the trees of these budgets."""
+    layout = spec.layout
+    checks = [(layout.single(t), spec.train_config(f"single:{t}")) for t in spec.space.task_names]
+    checks += [(layout.baseline(n), spec.train_config(n)) for n in spec.baselines if n != "single"]
+    for b in spec.budgets:
+        name = _tree_run_name(b, format_budget)
+        tree_file = layout.search_tree(name)
+        checks.append((layout.tree(name),
+                       spec.train_config(f"tree:{tree_file}" if tree_file.is_file() else None)))
+    for run_dir, config in checks:
+        check_reusable(run_dir, config)
 
 
 def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
@@ -106,28 +84,22 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     Raises:
         BranchnasError: for bad settings (unknown space, profile, budget, baseline, ...).
     """
-    from ..search import format_budget, parse_budget
-    from ..spaces import load_space
+    from ..search import format_budget
     from .recommend import recommend
 
-    base = load_space(cfg.space)
-    prof = PROFILES.get(cfg.profile, {})
-    space = profile_space(base, cfg.profile, cfg.tasks or prof.get("tasks"))
-    out = Path(cfg.out) if cfg.out else Path("runs") / (
-        space.name if cfg.profile == "full" else f"{space.name}-{cfg.profile}")
-    space_training = {**space.training, **prof.get("training", {})}
-    config = TrainConfig.from_sources(space_training, cfg.training)
-    baselines = cfg.baselines if cfg.baselines is not None else prof["baselines"]
-    budgets = [parse_budget(b) for b in cfg.budgets] if cfg.budgets else default_budgets(space, prof["budgets"])
-    k = cfg.k or prof["k"]
-    cheapest = space.tree_params(space.fully_shared_tree())
-    if min(budgets) < cheapest:
-        raise BranchnasError(
-            f"budget {format_budget(min(budgets))} params is below the cheapest tree of {space.name} "
-            f"(fully shared, {format_budget(cheapest)}); give budgets of at least {cheapest}")
+    spec = resolve_pipeline(cfg)  # every option checked before any work starts
+    space, layout, out = spec.space, spec.layout, spec.out
+    budgets, baselines, k = spec.budgets, spec.baselines, spec.k
+    config = spec.train_config()
+    cfg.executor.validate()
+    if spec.force:
+        layout.clear_outputs()
+    else:  # a done stage run with other settings is refused before anything is written
+        _check_done_runs(spec, format_budget)
     out.mkdir(parents=True, exist_ok=True)  # only once the settings are known to be valid
-    _write_json(out / "pipeline.json", {**asdict(cfg), "resolved_budgets": budgets, "k": k,
-                                        "space_resolved": space.to_dict()})
+    _write_json(layout.pipeline_json, {**asdict(cfg), "resolved_budgets": budgets, "k": k,
+                                       "baselines_resolved": baselines,
+                                       "space_resolved": space.to_dict()})
 
     stages = 5 + len(budgets) + len(baselines)
     step = iter(range(1, stages + 1))
@@ -136,18 +108,18 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
         log.info("[stage %d/%d] %s", next(step), stages, msg)
 
     def config_for(model: str) -> TrainConfig:
-        # tuned settings (`branchnas tune --out <out>`) under the command line's
-        return TrainConfig.from_sources(space_training, {**tuned_overrides(out, space, model), **cfg.training})
+        # the resolver's order: space < profile < tuned (`branchnas tune --out <out>`) < command line
+        return spec.train_config(model)
 
-    def through_queue(specs: List[Dict[str, Any]]) -> None:
-        # With a queue, workers train; the in-process stages below then find the runs done.
-        if cfg.storage and specs:
-            run_jobs(specs, cfg.storage, cfg.study)
+    # Every training job goes through the executor (in this process, local processes or Ray);
+    # jobs whose run directory is done come back at once with their stored result. (Shut down
+    # after the last training job; on an error the process's exit releases its workers.)
+    executor = cfg.executor.create()
 
     stage(f"single-task networks for {len(space.task_names)} tasks")
-    through_queue([single_job(space, t, config_for(f"single:{t}"), out, cfg.device) for t in space.task_names])
-    singles = {t: run_singles(space, out, config_for(f"single:{t}"), tasks=[t], device=cfg.device)[t]
-               for t in space.task_names}
+    done = run_all(executor, [single_job(space, t, config_for(f"single:{t}"), out, cfg.device)
+                              for t in space.task_names])
+    singles = {t: model_result(r) for t, r in zip(space.task_names, done)}
 
     stage(f"affinity ({cfg.measure}, K={k})")
     aff_path = affinity_stage(space, out, config, measure=cfg.measure, k=k, device=cfg.device)
@@ -159,79 +131,116 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
         best = rec.result.best
         picks.append({"budget": b, "tree": best.tree, "cost": best.cost, "params": best.params,
                       "flops": best.flops, "note": rec.result.note, "strategy": rec.result.strategy})
-    _write_json(out / "search.json", [{**p, "tree": p["tree"].to_json()} for p in picks])
+    _write_json(layout.search_json, [{**p, "tree": p["tree"].to_json()} for p in picks])
 
     # One run per distinct tree (two budgets may pick the same), its tree file beside it.
     runs: Dict[Any, Dict[str, Any]] = {}
     for p in picks:
         if p["tree"] not in runs:
-            name = f"budget-{format_budget(p['budget'])}"
-            tree_file = out / "search" / f"{name}.json"
+            name = _tree_run_name(p["budget"], format_budget)
+            tree_file = layout.search_tree(name)
             tree_file.parent.mkdir(exist_ok=True)
             p["tree"].save(tree_file)
             runs[p["tree"]] = {"name": name, "config": config_for(f"tree:{tree_file}"),
                                "extra": {"budget": p["budget"], "cost": p["cost"], "strategy": p["strategy"]}}
-    through_queue([tree_job(space, t, r["name"], r["config"], out, cfg.device, r["extra"]) for t, r in runs.items()]
-                  + [baseline_job(space, n, config_for(n), out, cfg.device) for n in baselines])
-    trained: Dict[Any, ModelResult] = {}
     for p in picks:
-        stage(f"tree for budget {format_budget(p['budget'])}")
-        r = runs[p["tree"]]
-        if p["tree"] not in trained:
-            trained[p["tree"]] = run_tree(space, p["tree"], out, r["config"], r["name"], device=cfg.device,
-                                          extra=r["extra"])
-        p["result"] = trained[p["tree"]]
-
-    results: Dict[str, ModelResult] = {}
+        stage(f"tree for budget {format_budget(p['budget'])}: {runs[p['tree']]['name']}")
     for name in baselines:
         stage(f"baseline {name}")
-        results[name] = run_baseline(space, name, out, config_for(name), device=cfg.device)
-    if cfg.storage:
-        close_queue(cfg.storage, cfg.study)
+    # the trees and the baselines are independent jobs: all in flight at once
+    trees = list(runs)
+    done = run_all(executor, [tree_job(space, t, runs[t]["name"], runs[t]["config"], out, cfg.device,
+                                       runs[t]["extra"]) for t in trees]
+                   + [baseline_job(space, n, config_for(n), out, cfg.device) for n in baselines])
+    trained: Dict[Any, ModelResult] = {t: model_result(r) for t, r in zip(trees, done)}
+    for p in picks:
+        p["result"] = trained[p["tree"]]
+    results: Dict[str, ModelResult] = {n: model_result(r) for n, r in zip(baselines, done[len(trees):])}
+    executor.shutdown()  # no training after this point
 
     stage("Pareto plot")
-    path = [{"params": p["result"].params, "delta_m": p["result"].delta_m} for p in picks
-            if p["result"].delta_m is not None]
+    path = [{"params": p["result"].params, "delta_m": p["result"].delta_m,
+             "delta_m_all": p["result"].delta_m_all} for p in picks if p["result"].delta_m is not None]
     table = results_table(out, space=space.name)
-    png, csv = write_pareto(table, out / "plots", budget_path=path,
+    png, csv = write_pareto(table, layout.plots, budget_path=path,
                             title=f"{space.name}: parameters vs Δm")
 
     stage("report")
+    from .demo import pipeline_notes
     from .report import write_report
 
     summary = {
-        "space": space.name, "profile": cfg.profile, "out": str(out),
-        "affinity": str(aff_path), "pareto_png": str(png), "pareto_csv": str(csv),
+        # paths relative to the run directory, so a moved or copied run still reports
+        "space": space.name, "profile": spec.profile,
+        "affinity": layout.relative(aff_path), "pareto_png": layout.relative(png),
+        "pareto_csv": layout.relative(csv),
         "single_params": sum(r.params for r in singles.values()),
         "recommended": [{"budget": p["budget"], "tree": p["tree"].to_json(), "ascii": p["tree"].ascii(),
                          "cost": p["cost"], "params": p["params"], "flops": p["flops"],
-                         "delta_m": p["result"].delta_m, "run": p["result"].name, "note": p["note"]}
+                         "delta_m": p["result"].delta_m, "delta_m_all": p["result"].delta_m_all,
+                         "epochs": p["result"].extra.get("epochs"), "run": p["result"].name,
+                         "note": p["note"]}
                         for p in picks],
-        "baselines": {n: {"params": r.params, "delta_m": r.delta_m} for n, r in results.items()},
+        "baselines": {n: {"params": r.params, "delta_m": r.delta_m, "delta_m_all": r.delta_m_all,
+                          "epochs": r.extra.get("epochs")} for n, r in results.items()},
+        "single_epochs": {t: r.extra.get("epochs") for t, r in singles.items()},
+        "primary": {t.name: t.primary for t in space.tasks},
+        # how to read the numbers, and whether the affinity shows the designed structure
+        **pipeline_notes(space, aff_path, singles, results, layout),
     }
-    _write_json(out / "summary.json", summary)
+    _write_json(layout.summary_json, summary)
     html, md = write_report(out)
-    summary.update({"report_html": str(html), "report_md": str(md)})
-    _write_json(out / "summary.json", summary)
-    return summary
+    summary.update({"report_html": layout.relative(html), "report_md": layout.relative(md)})
+    _write_json(layout.summary_json, summary)
+    return displayed_summary(summary, layout)
+
+
+def displayed_summary(summary: Dict[str, Any], layout: Any) -> Dict[str, Any]:
+    """``summary.json``'s content with ``out`` and its paths joined to the run directory
+    (what :func:`format_summary` prints)."""
+    shown = {**summary, "out": str(layout.root)}
+    for key in ("affinity", "pareto_png", "pareto_csv", "report_html", "report_md"):
+        if shown.get(key) is not None:
+            shown[key] = str(layout.resolve(shown[key]))
+    return shown
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
-    """The table printed at the end of a run: recommended tree per budget against the baselines."""
+    """The table printed at the end of a run: recommended tree per budget against the baselines.
+
+    Two Δm columns: on each task's primary measure (the paper's tables) and over all metrics.
+    """
     from ..search import format_budget
 
     def dm(v: Optional[float]) -> str:
         return "n/a" if v is None else f"{v:+.2f}%"
 
+    def ep(v: Any) -> str:
+        return "" if v is None else str(v)
+
+    def row(name: str, params: int, d: Optional[float], d_all: Optional[float], epochs: Any,
+            rest: str = "") -> str:
+        return f"{name:<28}{format_budget(params):>10}{dm(d):>10}{dm(d_all):>10}{ep(epochs):>9}{rest}"
+
+    singles_ep = summary.get("single_epochs") or {}
     lines = [f"space {summary['space']} (profile {summary['profile']}): results in {summary['out']}", "",
-             f"{'model':<28}{'params':>10}{'Δm':>10}   tree / note"]
-    lines.append(f"{'single-task networks':<28}{format_budget(summary['single_params']):>10}{dm(0.0):>10}")
+             f"{'model':<28}{'params':>10}{'Δm':>10}{'Δm all':>10}{'epochs':>9}   tree / note"]
+    eps = [e for e in singles_ep.values() if e is not None]
+    lines.append(row("single-task networks", summary["single_params"], 0.0, 0.0,
+                     (f"{min(eps)}-{max(eps)}" if min(eps) != max(eps) else str(eps[0])) if eps else None))
     for name, b in summary["baselines"].items():
-        lines.append(f"{name:<28}{format_budget(b['params']):>10}{dm(b['delta_m']):>10}")
+        lines.append(row(name, b["params"], b["delta_m"], b.get("delta_m_all"), b.get("epochs")))
     for r in summary["recommended"]:
         groups = " | ".join("/".join(",".join(g) for g in depth) for depth in r["tree"]["groupings"][-1:])
-        lines.append(f"{'recommended @ ' + format_budget(r['budget']):<28}{format_budget(r['params']):>10}"
-                     f"{dm(r['delta_m']):>10}   last block: {groups}")
+        lines.append(row("recommended @ " + format_budget(r["budget"]), r["params"], r["delta_m"],
+                         r.get("delta_m_all"), r.get("epochs"), f"   last block: {groups}"))
+    primary = summary.get("primary")
+    if primary and not summary.get("reading"):
+        lines += ["", "Δm: mean over tasks of the relative change against the single-task networks, "
+                  "positive = better, on each task's primary measure ("
+                  + ", ".join(f"{t} {m}" for t, m in primary.items()) + "); 'Δm all' averages "
+                  "every metric of a task first."]
+    lines += summary.get("reading", [])
     lines += ["", "recommended architectures:"]
     for r in summary["recommended"]:
         lines.append(f"  budget {format_budget(r['budget'])} (cost {r['cost']:.4f}):")

@@ -8,15 +8,21 @@ the count stays small), a subset again with more seeds to measure the noise, and
   higher Δm, so the method predicts ρ < 0);
 - **regret**: for every budget (each distinct parameter count of the trees), the Δm of the
   best trained tree within the budget minus the Δm of the tree a strategy picks: the exact
-  search on the RSA and on the CKA affinity, Lu et al.'s greedy (``fa`` strategy), the
-  ``random`` strategy (mean over seeds) and a random tree with the same parameter count as
-  the RSA pick (exact mean over those trees). Regret is ≥ 0 by construction (every tree
+  search on the RSA and on the CKA affinity, Lu et al.'s method (their FA affinity and their
+  greedy layer-by-layer grouping, the paper's "FA" rows), that greedy on the RSA affinity,
+  the ``random`` strategy (mean over seeds) and a random tree with the same parameter count
+  as the RSA pick (exact mean over those trees). Regret is ≥ 0 by construction (every tree
   is trained); it is set against the seed noise of Δm.
+
+Δm is on each task's primary measure (as the paper's tables); the all-metrics Δm is kept
+beside it (``delta_m_all``, and a correlation row on it). Every network trains under the
+convergence rule; the stopping epochs and the held-out learning curves are written too
+(``learning_curves.png``, the "Convergence" section of ``SUMMARY.md``).
 
 :func:`run_validation` trains (cached and resumable: one run directory per tree and seed
 under ``<out>/trees/``, reused when done), analyses and writes ``trees.csv``, ``seeds.csv``,
-``correlation.csv``, ``regret.csv``, ``cost_vs_delta_m.png``, ``regret.png`` and
-``SUMMARY.md`` into ``results_dir``. :func:`analyse` does the analysis alone on a trees
+``correlation.csv``, ``regret.csv``, ``cost_vs_delta_m.png``, ``regret.png``,
+``learning_curves.png`` and ``SUMMARY.md`` into ``results_dir``. :func:`analyse` does the analysis alone on a trees
 table, so a partly trained study can be summarised too.
 
 Example:
@@ -31,17 +37,23 @@ import json
 import logging
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import BranchnasError
 from ..training.rundir import atomic_write_text
 from ..tree import Tree
-from .results import RESULT_FILE, read_result
+from ..training.rundir import RunDir
+from .executor import ExecutorConfig
+from ..training.config import RUNTIME_FIELDS
+from .layout import RunLayout, ValidationFiles
+from .resolve import (DEFAULT_K, DEFAULT_RANDOM_DRAWS, DEFAULT_RESULTS_DIR, DEFAULT_SPACE,
+                      DEFAULT_STUDY_PROFILE, DEFAULT_STUDY_SEEDS, DEFAULT_STUDY_SHARED_PREFIX, MIN_K,
+                      PROFILES, get_profile, profile_space, resolve_run)
+from .results import read_result
 
 __all__ = [
     "STRATEGIES",
@@ -62,27 +74,24 @@ __all__ = [
     "trees_table",
     "write_validation",
     "format_validation",
+    "learning_curves",
+    "plot_learning_curves",
 ]
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
-# Study profiles (same keys as branchnas.pipeline.run.PROFILES; those are accepted too):
-#   dataset / input_size: merged into the space; training: over the space's [training];
-#   k: held-out images for the affinity.
-VALIDATION_PROFILES: Dict[str, Dict[str, Any]] = {
-    # what results/validation/ was made with: ~1-2 min per tree on one loaded CPU core
-    "study": {"dataset": {"size": 640, "resolution": [32, 32]}, "input_size": [32, 32],
-              "training": {"epochs": 5, "batch_size": 32, "eval_batch_size": 128, "eval_every": 5},
-              "k": 200},
-}
+# The study's profile ("study", what results/validation/ was made with) lives with every other
+# profile in branchnas.pipeline.resolve.PROFILES; this name is kept for code that read it here.
+VALIDATION_PROFILES = PROFILES
 
 # (label, search strategy, affinity measure) compared in the regret table.
 STRATEGIES: Tuple[Tuple[str, str, str], ...] = (
     ("rsa", "exact", "rsa"),  # the paper's method
     ("cka", "exact", "cka"),  # same search, CKA affinity
-    ("fa", "fa", "rsa"),  # Lu et al.'s greedy layer-by-layer grouping, same affinity
+    ("fa", "fa", "fa"),  # Lu et al. (the paper's "FA" rows): their affinity, their greedy
+    ("greedy_rsa", "fa", "rsa"),  # Lu et al.'s greedy on the RSA affinity (greedy vs global)
 )
 
 
@@ -90,47 +99,30 @@ STRATEGIES: Tuple[Tuple[str, str, str], ...] = (
 class ValidationConfig:
     """What ``branchnas validate`` does."""
 
-    space: str = "scenes"  # search-space name or TOML path
+    space: str = DEFAULT_SPACE  # search-space name or TOML path
     tasks: Optional[List[str]] = None  # default: the space's first 3 dense tasks
-    shared_prefix: int = 1  # blocks shared by all tasks; branching over the rest
-    profile: str = "study"  # a key of VALIDATION_PROFILES or pipeline.run.PROFILES
-    seeds: Tuple[int, ...] = (0, 1, 2)  # seed 0 trains every tree; the others the noise subset
+    shared_prefix: int = DEFAULT_STUDY_SHARED_PREFIX  # blocks shared by all tasks; branching over the rest
+    profile: str = DEFAULT_STUDY_PROFILE  # a key of pipeline.resolve.PROFILES
+    seeds: Tuple[int, ...] = DEFAULT_STUDY_SEEDS  # seed 0 trains every tree; the others the noise subset
     noise_trees: Optional[List[str]] = None  # trees for extra seeds (default: noise_subset; ["all"])
-    random_draws: int = 20  # seeds of the random strategy per budget
+    random_draws: int = DEFAULT_RANDOM_DRAWS  # seeds of the random strategy per budget
     k: Optional[int] = None  # held-out images for affinity (default: the profile's)
     out: Optional[str] = None  # run root (default: runs/validation/<space>-<profile>)
-    results_dir: str = "results/validation"  # where the CSV/PNG/SUMMARY.md go
-    jobs: int = 1  # tree trainings in parallel (processes)
+    results_dir: str = DEFAULT_RESULTS_DIR  # where the CSV/PNG/SUMMARY.md go
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # where tree runs train
     device: Optional[str] = None  # None: CUDA when available
     training: Dict[str, Any] = field(default_factory=dict)  # overrides of the training config
     train: bool = True  # False: analyse only the runs already done
-
-
-def _profile(name: str) -> Dict[str, Any]:
-    from .run import PROFILES
-
-    if name in VALIDATION_PROFILES:
-        return VALIDATION_PROFILES[name]
-    if name in PROFILES:
-        return PROFILES[name]
-    choices = ", ".join([*VALIDATION_PROFILES, *PROFILES])
-    raise BranchnasError(f"unknown profile {name!r}; choose one of: {choices}")
+    force: bool = False  # retrain: the study's runs and affinity files are removed first
 
 
 def study_space(cfg: ValidationConfig) -> Any:
     """The search space with the profile applied, restricted to the study's tasks."""
-    from ..spaces import SearchSpace, load_space
-
-    space = load_space(cfg.space)
-    prof = _profile(cfg.profile)
-    if "dataset" in prof or "input_size" in prof:
-        d = space.to_dict()
-        d["dataset"] = {**d["dataset"], **prof.get("dataset", {})}
-        if "input_size" in prof:
-            d["input"] = {**d["input"], "size": list(prof["input_size"])}
-        space = SearchSpace.from_dict(d, name=space.name, source=space.source)
+    space = profile_space(cfg.space, cfg.profile, cfg.tasks)  # the resolver's one copy
     if cfg.tasks:
         tasks = list(cfg.tasks)
+    elif get_profile(cfg.profile).get("tasks"):  # the study profile names its tasks
+        tasks = space.task_names
     else:
         tasks = [t.name for t in space.tasks if t.dense][:3]
     if len(tasks) < 2:
@@ -170,52 +162,34 @@ def _run_name(tree_name: str, seed: int) -> str:
     return f"{tree_name}-s{seed}"
 
 
-def _train_one(space_dict: Dict[str, Any], space_name: str, source: Optional[str],
-               tree_json: Dict[str, Any], out: str, config_dict: Dict[str, Any], name: str,
-               device: Optional[str]) -> Dict[str, Any]:
-    """Train one tree (a process-pool job: plain arguments in, the result as a dict out)."""
-    from ..spaces import SearchSpace
-    from ..training import TrainConfig
-    from .stages import run_tree
-
-    space = SearchSpace.from_dict(space_dict, name=space_name, source=source)
-    config = TrainConfig.from_dict(config_dict)
-    t0 = time.perf_counter()
-    result = run_tree(space, Tree.from_json(tree_json), out, config, name, device=device)
-    log.info("trained %s in %.0f s: Δm %s", name, time.perf_counter() - t0, result.delta_m)
-    return asdict(result)
-
-
-def _check_reused(run_path: Path, tree: Tree, seed: int) -> None:
-    path = run_path / RESULT_FILE
-    if path.exists():
-        r = read_result(path)
+def _check_reused(run_path: Path, tree: Tree, seed: int, config: Any) -> None:
+    run = RunDir(run_path)
+    if run.is_done():
+        r = read_result(run_path)
         if r.tree is None or Tree.from_json(r.tree) != tree or r.seed != seed:
             raise BranchnasError(f"{run_path} holds another tree or seed than the study's; "
-                                 "use another --out or delete that run directory")
+                                 "give a new --out, or pass --force to retrain")
+        # a finished run with other training settings is refused before anything trains
+        run.check_config(config.to_dict(), ignore_keys=RUNTIME_FIELDS, partial=True)
 
 
-def _train_all(space: Any, jobs_list: List[Tuple[str, Tree, int]], out: Path, config: Any,
-               jobs: int, device: Optional[str]) -> None:
-    todo = []
+def _train_all(space: Any, jobs_list: List[Tuple[str, Tree, int]], out: Path,
+               config_for: Callable[[Tree, int], Any], executor: Any, device: Optional[str]) -> None:
+    """Every (tree, seed) run as a ``train_tree`` job on ``executor`` (done runs come back at
+    once; a reused run must hold the study's tree and seed)."""
+    from .executor import run_all
+    from .executors import tree_job
+
+    specs = []
     for name, tree, seed in jobs_list:
-        run_path = out / "trees" / _run_name(name, seed)
-        _check_reused(run_path, tree, seed)
-        if not (run_path / RESULT_FILE).exists():
-            todo.append((name, tree, seed))
-    log.info("validation: %d of %d tree runs to train", len(todo), len(jobs_list))
-    args = [(space.to_dict(), space.name, space.source, tree.to_json(), str(out),
-             config.replace(seed=seed).to_dict(), _run_name(name, seed), device)
-            for name, tree, seed in todo]
-    if jobs <= 1:
-        for a in args:
-            _train_one(*a)
-        return
-    import multiprocessing as mp
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        for f in [pool.submit(_train_one, *a) for a in args]:
-            f.result()
+        config = config_for(tree, seed)
+        _check_reused(RunLayout(out).tree(_run_name(name, seed)), tree, seed, config)
+        specs.append(tree_job(space, tree, _run_name(name, seed), config, out, device))
+    todo = sum(not RunDir(s["out_dir"]).is_done() for s in specs)
+    log.info("validation: %d of %d tree runs to train", todo, len(specs))
+    t0 = time.perf_counter()
+    run_all(executor, specs)
+    log.info("validation: trained %d tree runs in %.0f s", todo, time.perf_counter() - t0)
 
 
 def trees_table(space: Any, trees: Mapping[str, Tree], out: PathLike,
@@ -225,7 +199,9 @@ def trees_table(space: Any, trees: Mapping[str, Tree], out: PathLike,
 
     ``trees``: one row per tree: name, groups (readable), params, ``groups_per_depth``,
     ``cost_<measure>`` per affinity, ``delta_m`` (first seed), ``delta_m_mean`` / ``delta_m_std``
-    / ``n_seeds`` over the seeds trained, per-task Δm (``dm/<task>``) and metrics
+    / ``n_seeds`` over the seeds trained, all on each task's primary measure (recomputed here
+    from the stored metrics, so older runs read the same), ``delta_m_all`` / ``delta_m_all_mean``
+    over all metrics, ``epochs`` (first seed), per-task Δm (``dm/<task>``) and metrics
     (``<task>/<metric>``) of the first seed, and the tree's JSON. Trees not yet trained with
     the first seed have NaN there. ``seeds``: one row per (tree, seed) run done.
     ``reference``: the single-task networks' metrics (task → metric → value).
@@ -233,8 +209,13 @@ def trees_table(space: Any, trees: Mapping[str, Tree], out: PathLike,
     import pandas as pd
 
     from ..search import clustering_cost
-    from ..tasks import delta_m_per_task, metric_directions
-    directions = metric_directions(space.tasks)
+    from ..tasks import task_delta_m, task_delta_m_per_task
+
+    def dm_of(metrics: Mapping[str, Mapping[str, float]], on: str) -> float:
+        try:
+            return task_delta_m(metrics, reference, space.tasks, on)
+        except BranchnasError:  # e.g. a zero reference value: Δm undefined
+            return float("nan")
     rows, seed_rows = [], []
     for name, tree in trees.items():
         row: Dict[str, Any] = {
@@ -243,29 +224,37 @@ def trees_table(space: Any, trees: Mapping[str, Tree], out: PathLike,
         }
         for measure, aff in affinities.items():
             row[f"cost_{measure}"] = clustering_cost(tree, aff)
-        dms = []
+        dms, dms_all = [], []
         for i, seed in enumerate(seeds):
-            path = Path(out) / "trees" / _run_name(name, seed) / RESULT_FILE
-            if not path.exists():
+            path = RunLayout(out).tree(_run_name(name, seed))
+            if not RunDir(path).is_done():
                 continue
             r = read_result(path)
-            dm = float("nan") if r.delta_m is None else float(r.delta_m)
+            dm, dm_all = dm_of(r.metrics, "primary"), dm_of(r.metrics, "all")
             dms.append(dm)
-            seed_rows.append({"name": name, "seed": seed, "params": row["params"], "delta_m": dm})
+            dms_all.append(dm_all)
+            seed_rows.append({"name": name, "seed": seed, "params": row["params"], "delta_m": dm,
+                              "delta_m_all": dm_all, "epochs": r.extra.get("epochs"),
+                              "stop_reason": r.extra.get("stop_reason"),
+                              "seconds": r.extra.get("seconds")})
             if i == 0:
                 row["delta_m"] = dm
-                for task, v in delta_m_per_task(r.metrics, reference, directions).items():
+                row["delta_m_all"] = dm_all
+                row["epochs"] = r.extra.get("epochs")
+                for task, v in task_delta_m_per_task(r.metrics, reference, space.tasks).items():
                     row[f"dm/{task}"] = v
                 for task, ms in r.metrics.items():
                     for metric, v in ms.items():
                         row[f"{task}/{metric}"] = v
         row.setdefault("delta_m", float("nan"))
+        row.setdefault("delta_m_all", float("nan"))
         row["n_seeds"] = len(dms)
+        row["delta_m_all_mean"] = float(np.mean(dms_all)) if dms_all else float("nan")
         row["delta_m_mean"] = float(np.mean(dms)) if dms else float("nan")
         row["delta_m_std"] = float(np.std(dms, ddof=1)) if len(dms) > 1 else float("nan")
         row["tree"] = tree.dumps()
         rows.append(row)
-    seed_cols = ["name", "seed", "params", "delta_m"]
+    seed_cols = ["name", "seed", "params", "delta_m", "delta_m_all", "epochs", "stop_reason", "seconds"]
     return pd.DataFrame(rows), pd.DataFrame(seed_rows, columns=seed_cols)
 
 
@@ -428,7 +417,11 @@ def regret_table(space: Any, table: Any, affinities: Mapping[str, np.ndarray], s
 
 def analyse(space: Any, table: Any, seeds: Any, affinities: Mapping[str, np.ndarray],
             shared_prefix: int, random_draws: int = 20) -> Dict[str, Any]:
-    """Correlation, noise and (when every tree has a Δm) regret tables of a study."""
+    """Correlation, noise and (when every tree has a Δm) regret tables of a study.
+
+    Everything is on the primary-measure Δm (``delta_m``, and ``delta_m_mean`` when every tree
+    has every seed); the correlation is also given on the all-metrics Δm (``delta_m_all``) as
+    the second figure."""
     import pandas as pd
 
     noise = seed_noise(seeds)
@@ -436,7 +429,8 @@ def analyse(space: Any, table: Any, seeds: Any, affinities: Mapping[str, np.ndar
     n = table["n_seeds"].to_numpy()
     if len(n) and n.min() > 1 and n.min() == n.max():  # every tree has every seed
         columns.append("delta_m_mean")
-    corr = pd.concat([correlation_table(table, list(affinities), c) for c in columns],
+    corr_columns = columns + (["delta_m_all"] if "delta_m_all" in table else [])
+    corr = pd.concat([correlation_table(table, list(affinities), c) for c in corr_columns],
                      ignore_index=True)
     out: Dict[str, Any] = {"correlation": corr, "noise": noise, "regret": None}
     if np.isfinite(table["delta_m"].to_numpy(dtype=float)).all():
@@ -447,6 +441,16 @@ def analyse(space: Any, table: Any, seeds: Any, affinities: Mapping[str, np.ndar
 
 
 # ---------------------------------------------------------------------------- plots
+def _figure(**kw: Any) -> Any:
+    """A figure on its own Agg canvas: drawing never touches pyplot's global backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def cost_vs_delta_m_data(table: Any, measure: str, column: Optional[str] = None) -> Dict[str, Any]:
     """Plain data of the cost-vs-Δm scatter: per parameter count, the trees' costs and Δm
     (``column``; default: the mean over seeds when every tree has several, else the first
@@ -471,12 +475,9 @@ def plot_cost_vs_delta_m(data: Mapping[str, Any], ax: Any = None) -> Any:
     """
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4.5))
-    cmap = plt.get_cmap("viridis")
+        ax = _figure(figsize=(6, 4.5)).subplots()
+    cmap = matplotlib.colormaps["viridis"]
     n = max(1, len(data["groups"]) - 1)
     for i, g in enumerate(data["groups"]):
         colour = cmap(i / n)
@@ -519,13 +520,8 @@ def regret_plot_data(regret: Any, on: Optional[str] = None) -> Dict[str, Any]:
 
 def plot_regret(data: Mapping[str, Any], ax: Any = None) -> Any:
     """Draw :func:`regret_plot_data` as grouped bars per budget with the seed-noise band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 4))
+        ax = _figure(figsize=(8, 4)).subplots()
     budgets, strategies = data["budgets"], data["strategies"]
     width = 0.8 / max(1, len(strategies))
     x = np.arange(len(budgets))
@@ -559,39 +555,108 @@ def _md_table(df: Any) -> str:
     return "\n".join(lines)
 
 
+def learning_curves(out: PathLike, names: Sequence[str], seed: int) -> Dict[str, Any]:
+    """Held-out score per epoch of every study run of ``seed`` (from its ``metrics.jsonl``), and
+    each run's stopping facts: the plain data of :func:`plot_learning_curves`.
+
+    Returns:
+        ``{"seed", "runs": {name: {"epochs": [...], "score": [...], "best_epoch",
+        "stop_reason"}}}``; runs without a metrics file are left out.
+    """
+    runs: Dict[str, Any] = {}
+    for name in names:
+        run = RunLayout(out).tree(_run_name(name, seed))
+        path = run / "metrics.jsonl"
+        if not path.is_file():
+            continue
+        epochs, score = [], []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec.get("holdout_score") is not None:
+                epochs.append(int(rec["epoch"]))
+                score.append(float(rec["holdout_score"]))
+        facts: Dict[str, Any] = {}
+        if RunDir(run).is_done():
+            facts = read_result(run).extra
+        runs[name] = {"epochs": epochs, "score": score, "best_epoch": facts.get("best_epoch"),
+                      "stop_reason": facts.get("stop_reason")}
+    return {"seed": seed, "runs": runs}
+
+
+def plot_learning_curves(data: Mapping[str, Any], ax: Any = None) -> Any:
+    """Draw :func:`learning_curves` (held-out score vs epoch, best epoch marked); returns the Axes."""
+    if ax is None:
+        ax = _figure(figsize=(7, 4.5)).subplots()
+    for name, r in data["runs"].items():
+        if not r["epochs"]:
+            continue
+        line, = ax.plot(r["epochs"], r["score"], lw=0.8, alpha=0.7)
+        if r["best_epoch"] in r["epochs"]:
+            i = r["epochs"].index(r["best_epoch"])
+            ax.plot([r["best_epoch"]], [r["score"][i]], "o", ms=4, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("held-out score (Δm % vs the first held-out evaluation)")
+    ax.set_title(f"convergence of every tree, seed {data['seed']} (dot: best epoch, restored)")
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def _epochs_md(seeds: Any, singles: Optional[Mapping[str, Mapping[str, Any]]]) -> List[str]:
+    """Markdown lines: how long the runs trained and why they stopped."""
+    lines = ["## Convergence (epochs trained, why runs stopped)", ""]
+    if singles:
+        lines += ["single-task networks: " + "; ".join(
+            f"{t} {f.get('epochs')} epochs ({f.get('stop_reason')}, best {f.get('best_epoch')})"
+            for t, f in singles.items()), ""]
+    if "epochs" in seeds and len(seeds):
+        ep = seeds["epochs"].dropna().astype(int)
+        if len(ep):
+            lines.append(f"tree runs: epochs min {ep.min()}, median {int(ep.median())}, max {ep.max()} "
+                         f"over {len(ep)} runs")
+    if "stop_reason" in seeds and len(seeds):
+        counts = seeds["stop_reason"].fillna("unknown").value_counts()
+        lines.append("stop reasons: " + ", ".join(f"{k} {int(v)}" for k, v in counts.items()))
+    return lines + [""]
+
+
 def write_validation(results_dir: PathLike, table: Any, seeds: Any, analysis: Mapping[str, Any],
                      setup: Mapping[str, Any]) -> List[Path]:
     """Write the CSV tables, the PNG plots and ``SUMMARY.md`` (numbers only) into ``results_dir``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d = Path(results_dir)
+    files = ValidationFiles(results_dir)
+    d = files.root
     d.mkdir(parents=True, exist_ok=True)
     written = []
     for name, df in (("trees", table), ("seeds", seeds), ("correlation", analysis["correlation"]),
                      ("regret", analysis["regret"])):
         if df is not None:
-            df.to_csv(d / f"{name}.csv", index=False, float_format="%.6g")
-            written.append(d / f"{name}.csv")
+            df.to_csv(files.table(name), index=False, float_format="%.6g")
+            written.append(files.table(name))
     measures = [c[len("cost_"):] for c in table.columns if c.startswith("cost_")]
-    fig, axes = plt.subplots(1, len(measures), figsize=(6 * len(measures), 4.5), squeeze=False)
+    fig = _figure(figsize=(6 * len(measures), 4.5))
+    axes = fig.subplots(1, len(measures), squeeze=False)
     for ax, m in zip(axes[0], measures):
         plot_cost_vs_delta_m(cost_vs_delta_m_data(table, m), ax)
     fig.tight_layout()
-    fig.savefig(d / "cost_vs_delta_m.png", dpi=120)
-    plt.close(fig)
-    written.append(d / "cost_vs_delta_m.png")
+    fig.savefig(files.cost_vs_delta_m_png, dpi=120)
+    written.append(files.cost_vs_delta_m_png)
     if analysis["regret"] is not None:
         ons = list(dict.fromkeys(analysis["regret"]["on"]))
-        fig, axes = plt.subplots(len(ons), 1, figsize=(9, 4 * len(ons)), squeeze=False)
+        fig = _figure(figsize=(9, 4 * len(ons)))
+        axes = fig.subplots(len(ons), 1, squeeze=False)
         for ax, on in zip(axes[:, 0], ons):
             plot_regret(regret_plot_data(analysis["regret"], on), ax)
         fig.tight_layout()
-        fig.savefig(d / "regret.png", dpi=120)
-        plt.close(fig)
-        written.append(d / "regret.png")
+        fig.savefig(files.regret_png, dpi=120)
+        written.append(files.regret_png)
+    if analysis.get("curves") and analysis["curves"]["runs"]:
+        fig = _figure(figsize=(8, 4.5))
+        plot_learning_curves(analysis["curves"], fig.subplots())
+        fig.tight_layout()
+        curves_png = files.root / "learning_curves.png"
+        fig.savefig(curves_png, dpi=120)
+        written.append(curves_png)
     noise = analysis["noise"]
     lines = ["# Validation study: numbers (generated by `branchnas validate`)", "",
              "```", json.dumps(dict(setup), indent=2, default=str), "```", "",
@@ -599,6 +664,7 @@ def write_validation(results_dir: PathLike, table: Any, seeds: Any, analysis: Ma
               f"{len(table)}; seed noise of Δm: σ = {_fmt(noise['sigma'])} pp over "
               f"{noise['trees']} trees ({noise['runs']} runs); σ√2 = {_fmt(noise['sigma_diff'])} pp."),
              "",
+             *_epochs_md(seeds, analysis.get("singles")),
              "## Spearman ρ(cost, Δm) (method predicts ρ < 0)", "",
              _md_table(analysis["correlation"]), ""]
     if analysis["regret"] is not None:
@@ -614,9 +680,10 @@ def write_validation(results_dir: PathLike, table: Any, seeds: Any, analysis: Ma
                   _md_table(r[["on", "budget", "strategy", "pick", "pick_delta_m", "best",
                                "best_delta_m", "regret"]]), ""]
     lines += ["## Trees", "", _md_table(table[["name", "groups", "params"] + [
-        f"cost_{m}" for m in measures] + ["delta_m", "delta_m_mean", "delta_m_std", "n_seeds"]]), ""]
-    atomic_write_text(d / "SUMMARY.md", "\n".join(lines))
-    written.append(d / "SUMMARY.md")
+        f"cost_{m}" for m in measures] + [c for c in ("delta_m", "delta_m_mean", "delta_m_std", "n_seeds",
+                                                     "delta_m_all", "epochs") if c in table]]), ""]
+    atomic_write_text(files.summary_md, "\n".join(lines))
+    written.append(files.summary_md)
     return written
 
 
@@ -633,30 +700,56 @@ def run_validation(cfg: ValidationConfig) -> Dict[str, Any]:
     """
     from ..affinity import load_affinity
     from ..search import count_trees
-    from ..training import TrainConfig
     from .affinity import affinity_stage
     from .stages import run_singles, single_metrics
 
+    # resolved once (defaults < space < profile < tuned < command line), checked before any work
     space = study_space(cfg)
-    prof = _profile(cfg.profile)
     if not cfg.seeds:
         raise BranchnasError("give at least one seed (e.g. --seeds 0 1 2)")
-    out = Path(cfg.out) if cfg.out else Path("runs") / "validation" / f"{space.name}-{cfg.profile}"
+    if cfg.random_draws < 1:
+        raise BranchnasError(f"random_draws must be >= 1, got {cfg.random_draws}; give --random-draws 1 or more")
+    spec = resolve_run(space, profile=cfg.profile, tasks=space.task_names, out=cfg.out,
+                       overrides=cfg.training,
+                       device=cfg.device, force=cfg.force, out_kind="validation")
+    cfg.executor.validate()
+    out, layout = spec.out, spec.layout
+    seed0 = cfg.seeds[0]
+    config = spec.train_config(seed=seed0)  # the affinity's and the reference's
+    singles_config = {t: spec.train_config(f"single:{t}", seed=seed0) for t in space.task_names}
+
+    def config_for(tree: Tree, seed: int) -> Any:
+        return spec.train_config(tree, seed=seed)  # tuned settings of the tree, if any
+
+    if cfg.noise_trees and cfg.noise_trees != ["all"]:  # names are known before any training
+        names = study_trees(space, cfg.shared_prefix)
+        unknown = [n for n in cfg.noise_trees if n not in names]
+        if unknown:
+            raise BranchnasError(f"unknown noise trees {unknown}; names run t000..t{len(names) - 1:03d} "
+                                 "(or give `all`)")
+    k = cfg.k or get_profile(cfg.profile).get("k", DEFAULT_K)
+    if k < MIN_K:
+        raise BranchnasError(f"k (held-out images for the affinity) must be >= {MIN_K}, got {k}")
     out.mkdir(parents=True, exist_ok=True)
-    config = TrainConfig.from_sources({**space.training, **prof.get("training", {})},
-                                      {**cfg.training, "seed": cfg.seeds[0]})
-    k = cfg.k or prof.get("k", 500)
+    if spec.force and cfg.train:
+        layout.clear_outputs()
     n_trees = count_trees(len(space.task_names), space.depth, cfg.shared_prefix)
     log.info("validation: %d tasks, %d trees, seeds %s, out %s", len(space.task_names), n_trees,
              list(cfg.seeds), out)
     t0 = time.perf_counter()
-    if cfg.train:
-        run_singles(space, out, config, device=cfg.device)
+    # every training job (single-task networks, then the trees) goes through the executor
+    executor = cfg.executor.create() if cfg.train else None
+    if executor is not None:
+        from .executor import run_all
+        from .executors import single_job
+
+        run_all(executor, [single_job(space, t, singles_config[t], out, spec.device)
+                           for t in space.task_names])
     measures = [m for m in dict.fromkeys(s[2] for s in STRATEGIES)]
     affinities = {}
     for m in measures:
-        path = affinity_stage(space, out, config, measure=m, k=k, device=cfg.device) if cfg.train \
-            else out / f"affinity-{m}.npz"
+        path = affinity_stage(space, out, config, measure=m, k=k, device=spec.device) if cfg.train \
+            else layout.affinity(m)
         affinities[m] = load_affinity(path).affinity
     trees = study_trees(space, cfg.shared_prefix)
     if cfg.noise_trees == ["all"]:
@@ -671,16 +764,22 @@ def run_validation(cfg: ValidationConfig) -> Dict[str, Any]:
     if cfg.train:
         jobs_list = [(n, t, cfg.seeds[0]) for n, t in trees.items()]
         jobs_list += [(n, trees[n], s) for s in cfg.seeds[1:] for n in subset]
-        _train_all(space, jobs_list, out, config, cfg.jobs, cfg.device)
-    reference = single_metrics(space, out, config, device=cfg.device)
+        _train_all(space, jobs_list, out, config_for, executor, spec.device)
+    if executor is not None:
+        executor.shutdown()
+    reference = single_metrics(space, out, config, device=spec.device)
     table, seeds = trees_table(space, trees, out, affinities, cfg.seeds, reference)
     analysis = analyse(space, table, seeds, affinities, cfg.shared_prefix, cfg.random_draws)
+    analysis["curves"] = learning_curves(out, list(trees), seed0)
+    analysis["singles"] = {t: r.extra for t, r in run_singles(
+        space, out, config, device=spec.device, check=False).items()}
     setup = {"space": space.name, "tasks": space.task_names, "shared_prefix": cfg.shared_prefix,
              "depth": space.depth, "trees": len(trees), "profile": cfg.profile,
              "dataset": space.dataset_kwargs, "input_size": list(space.input_size),
              "training": {k_: v for k_, v in config.to_dict().items()
                           if k_ in ("optimizer", "lr", "epochs", "batch_size", "schedule",
-                                    "weight_decay", "weighting")},
+                                    "weight_decay", "weighting", "patience", "holdout_fraction",
+                                    "monitor", "min_delta")},
              "affinity_k": k, "seeds": list(cfg.seeds), "noise_trees": subset,
              "random_draws": cfg.random_draws, "out": str(out),
              "train_seconds_this_call": round(time.perf_counter() - t0, 1)}
