@@ -91,6 +91,12 @@ def test_ray_missing_is_a_one_line_error_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(BranchnasError, match=r"pip install -e \.\[ray\]"):
         create_executor("ray")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(BranchnasError, match=r"--executor ray needs ray.*pip install -e \.\[ray\]"):
+        ExecutorConfig(name="ray").validate()  # before any work starts
 
 
 def test_in_process_executor_runs_each_job_when_submitted(tmp_path):
@@ -121,3 +127,23 @@ def test_run_all_raises_the_first_error_after_the_others_stop(tmp_path):
     with LocalExecutor() as ex, pytest.raises(BranchnasError, match="toy job 7"):
         run_all(ex, jobs)
     assert all(job_result(j) is not None for j in jobs[:2])
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["run", "--profile", "tiny", "--executor", "slurm"], "(invalid choice|unknown executor): 'slurm'"),
+    (["train-single", "--executor", "ray", "--jobs", "2"], "--jobs is not a setting of executor 'ray'"),
+    (["validate", "--profile", "tiny", "--ray-address", "auto"], "--ray-address is not a setting"),
+    (["tune", "--model", "single:depth", "--gpus-per-job", "0.5"], "--gpus-per-job is not a setting"),
+])
+def test_bad_executor_options_on_the_command_line_write_nothing(argv, match, tmp_path, capsys):
+    from branchnas.cli import main
+
+    out = tmp_path / "out"
+    try:
+        rc = main([*argv, "--out", str(out)])
+    except SystemExit as exc:  # argparse's own choices check
+        rc = exc.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and __import__("re").search(match, err), err
+    assert not out.exists()

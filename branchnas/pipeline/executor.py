@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import importlib.util
 import logging
 import multiprocessing
 import os
@@ -265,7 +266,8 @@ _EXECUTORS: Registry[type] = Registry("executor")
 def register_executor(name: str, cls: type, **meta: Any) -> type:
     """Register an :class:`Executor` subclass as ``name``, with metadata (``description``,
     ``distributed``: runs jobs on other machines, ``extra``: the pip extra it needs,
-    ``options``: the :class:`ExecutorConfig` fields it reads in ``from_config``)."""
+    ``options``: the :class:`ExecutorConfig` fields it reads in ``from_config``, ``requires``:
+    the module it imports, checked by :meth:`ExecutorConfig.validate`)."""
     return _EXECUTORS.register(name, cls, **meta)
 
 
@@ -290,7 +292,7 @@ def create_executor(name: str = "local", **kwargs: Any) -> Executor:
 
 register_executor("local", LocalExecutor, distributed=False, extra=None, options=("jobs",),
                   description="this process, or N worker processes on this machine (--jobs N)")
-register_executor("ray", RayExecutor, distributed=True, extra="ray",
+register_executor("ray", RayExecutor, distributed=True, extra="ray", requires="ray",
                   options=("address", "cpus_per_job", "gpus_per_job", "max_retries"),
                   description="a Ray task per job, on a Ray cluster or a Ray instance started here")
 
@@ -313,6 +315,11 @@ class ExecutorConfig:
             BranchnasError: for an unknown executor, or a setting it does not use.
         """
         _EXECUTORS.check_choice(self.name)
+        module = executor_info(self.name).get("requires")
+        if module and importlib.util.find_spec(module) is None:
+            raise BranchnasError(
+                f"--executor {self.name} needs {module}, which is not installed; install it with: "
+                f"pip install -e .[{executor_info(self.name)['extra']}]")
         if not isinstance(self.jobs, int) or self.jobs < 1:
             raise BranchnasError(f"--jobs must be a whole number >= 1, got {self.jobs!r}")
         uses = set(executor_info(self.name).get("options", ()))
