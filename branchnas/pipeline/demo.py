@@ -114,3 +114,50 @@ def reading_notes(primary: Mapping[str, str], baselines: Mapping[str, Mapping[st
                  b.get("stop_reason")]
         lines.append(f"  {name}: " + ", ".join(f for f in facts if f))
     return lines
+
+
+def pipeline_notes(space: Any, affinity_path: Any, singles: Mapping[str, Any],
+                   baselines: Mapping[str, Any], layout: Any) -> Dict[str, Any]:
+    """What a pipeline run's summary says about its own numbers.
+
+    Args:
+        space: the (profiled) search space.
+        affinity_path: the affinity file the search used.
+        singles: task → the single-task network's ``ModelResult``.
+        baselines: baseline name → its ``ModelResult``.
+        layout: the run's :class:`~branchnas.pipeline.layout.RunLayout`.
+
+    Returns:
+        ``{"reading": [lines], "affinity_structure": check or None}``; the check (see
+        :func:`affinity_structure`) only where the space has two dense tasks and an
+        image-level one.
+    """
+    import json
+
+    from ..affinity import load_affinity
+    from ..models.baselines import baseline_meta
+
+    primary = {t.name: t.primary for t in space.tasks}
+    dense = {t.name: t.dense for t in space.tasks}
+    single_facts = {t: {**r.extra, **r.metrics.get(t, {})} for t, r in singles.items()}
+    base_facts: Dict[str, Dict[str, Any]] = {}
+    for name, r in baselines.items():
+        if r.model == "single":
+            continue
+        cfg_path = layout.baseline(name) / "config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+        opt = cfg.get("optimizer")
+        lr = cfg.get("lr")
+        base_facts[name] = {
+            "optimizer": f"{opt} lr {lr:g}" if opt and isinstance(lr, (int, float)) else opt,
+            "init": "the converged single-task networks"
+            if baseline_meta(name).get("init_from_single") else "scratch",
+            "epochs": r.extra.get("epochs"), "stop_reason": r.extra.get("stop_reason")}
+    check = None
+    n_dense = sum(dense.values())
+    if n_dense >= 2 and n_dense < len(dense):
+        check = affinity_structure(load_affinity(affinity_path), None, dense)
+    reading = reading_notes(primary, base_facts, single_facts)
+    if check is not None:
+        reading.append("  " + format_affinity_structure(check))
+    return {"reading": reading, "affinity_structure": check}

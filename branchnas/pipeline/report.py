@@ -1,5 +1,7 @@
 """``branchnas report RUN_DIR``: a self-contained HTML report (images inlined) and markdown.
 
+Δm is shown twice: on each task's primary measure (the paper's) and over all its metrics.
+
 Sections: the tasks, affinity heatmaps and affinity versus depth, the recommended trees drawn
 as trees, the Pareto plot, and the metric table of every trained model. Everything is read
 from the run directory (``summary.json``, ``pipeline.json``, the affinity file, the results
@@ -41,8 +43,9 @@ def report_data(run_dir: Union[str, Path]) -> Dict[str, Any]:
     space = pipeline["space_resolved"]
     tasks = []
     for t in space["tasks"]:
-        task = create_task(t["name"], t["type"], **t.get("params", {}))
+        task = create_task(t["name"], t["type"], primary=t.get("primary"), **t.get("params", {}))
         tasks.append({"name": t["name"], "type": t["type"], "head": t.get("head", ""),
+                      "primary": task.primary,
                       "metrics": ", ".join(f"{m} {'↑' if up else '↓'}" for m, up in task.metrics.items())})
     # stored paths are relative to the run directory (older runs: as given; re-rooted here)
     for key in ("affinity", "pareto_png", "pareto_csv"):
@@ -54,10 +57,21 @@ def report_data(run_dir: Union[str, Path]) -> Dict[str, Any]:
     rows: List[Dict[str, Any]] = []
     for _, r in table.sort_values(["model", "params"]).iterrows():
         rows.append({"name": r["name"], "model": r["model"], "params": int(r["params"]),
-                     "delta_m": None if r["delta_m"] != r["delta_m"] or r["delta_m"] is None else float(r["delta_m"]),
+                     **{c: None if c not in r or r[c] is None or r[c] != r[c] else float(r[c])
+                        for c in ("delta_m", "delta_m_all")},
+                     "epochs": _int_or_none(r.get("extra.epochs")),
+                     "stop": r.get("extra.stop_reason") if isinstance(r.get("extra.stop_reason"), str) else None,
+                     "images": _int_or_none(r.get("extra.images_seen")),
+                     "seconds": None if r.get("extra.seconds") is None or r.get("extra.seconds") != r.get("extra.seconds")
+                     else round(float(r["extra.seconds"]), 1),
+                     "device": r.get("extra.device") if isinstance(r.get("extra.device"), str) else None,
                      **{c: (None if r[c] != r[c] else float(r[c])) for c in metric_cols}})
     return {"summary": summary, "tasks": tasks, "affinity_pngs": affinity_pngs,
             "metric_columns": metric_cols, "rows": rows}
+
+
+def _int_or_none(v: Any) -> Any:
+    return None if v is None or v != v else int(v)
 
 
 def _img(path: Union[str, Path]) -> str:
@@ -99,8 +113,8 @@ def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
         parts_html.append(f"<h2>{html.escape(title)}</h2>\n{body_html}")
         parts_md.append(f"## {title}\n\n{body_md}\n")
 
-    h, m = _table(["task", "type", "head", "metrics"],
-                  [[t["name"], t["type"], t["head"], t["metrics"]] for t in data["tasks"]])
+    h, m = _table(["task", "type", "head", "metrics", "Δm measure"],
+                  [[t["name"], t["type"], t["head"], t["metrics"], t["primary"]] for t in data["tasks"]])
     section("Tasks", h, m)
     section("Task affinity",
             "".join(_img(p) for p in data["affinity_pngs"]) + f"<p>file: {html.escape(layout.relative(s['affinity']))}</p>",
@@ -109,8 +123,9 @@ def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
     trees_html, trees_md = [], []
     for r in s["recommended"]:
         dm = "n/a" if r["delta_m"] is None else f"{r['delta_m']:+.2f}%"
+        dm_all = "n/a" if r.get("delta_m_all") is None else f"{r['delta_m_all']:+.2f}%"
         head = (f"budget {format_budget(r['budget'])}: params {format_budget(r['params'])}, "
-                f"clustering cost {r['cost']:.4f}, Δm {dm}")
+                f"clustering cost {r['cost']:.4f}, Δm {dm} (all metrics {dm_all})")
         trees_html.append(f"<h3>{html.escape(head)}</h3><pre>{html.escape(r['ascii'])}</pre>")
         trees_md.append(f"### {head}\n\n```\n{r['ascii']}\n```\n")
     section("Recommended trees", "".join(trees_html), "\n".join(trees_md))
@@ -118,8 +133,10 @@ def write_report(run_dir: Union[str, Path]) -> Tuple[Path, Path]:
     section("Parameters vs Δm", _img(s["pareto_png"]) + report_pareto_svg(root, s["space"]),
             f"![pareto]({layout.relative(s['pareto_png'])})\n")
     cols = data["metric_columns"]
-    h, m = _table(["model", "name", "params", "Δm (%)", *cols],
-                  [[r["model"], r["name"], format_budget(r["params"]), r["delta_m"], *[r[c] for c in cols]]
+    h, m = _table(["model", "name", "params", "Δm (%)", "Δm all (%)", "epochs", "stopped",
+                   "images trained", "seconds", "device", *cols],
+                  [[r["model"], r["name"], format_budget(r["params"]), r["delta_m"], r["delta_m_all"],
+                    r["epochs"], r["stop"], r["images"], r["seconds"], r["device"], *[r[c] for c in cols]]
                    for r in data["rows"]])
     section("Metrics (validation split)", h, m)
 

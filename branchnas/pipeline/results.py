@@ -35,7 +35,9 @@ class ModelResult:
         params: parameter count of the whole multi-task model.
         flops: FLOPs of one forward pass at the space's input size (None if unknown).
         metrics: task -> metric -> value on the validation split.
-        delta_m: Δm in percent against the single-task networks (None for a single-task run).
+        delta_m: Δm in percent against the single-task networks, on each task's primary
+            measure (the paper's tables); None for a single-task run or when undefined.
+        delta_m_all: the same over every metric of each task, averaged per task first.
         seed: the training seed.
         tree: the tree's JSON form for tree-shaped models, else None.
         extra: anything else worth keeping (budget, search cost, strategy, measure, epochs).
@@ -49,6 +51,7 @@ class ModelResult:
     metrics: Metrics
     delta_m: Optional[float] = None
     seed: int = 0
+    delta_m_all: Optional[float] = None
     tree: Optional[Dict[str, Any]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -99,7 +102,8 @@ def model_result(data: Mapping[str, Any]) -> ModelResult:
 def results_table(root: Union[str, Path], space: Optional[str] = None) -> "Any":
     """All results under ``root`` as a pandas DataFrame, one row per model.
 
-    Columns: model, name, space, params, flops, delta_m, seed, tree (JSON text or None),
+    Columns: model, name, space, params, flops, delta_m (primary measure), delta_m_all (all
+    metrics), seed, tree (JSON text or None),
     run_dir, and one ``task/metric`` column per metric; extra fields are prefixed ``extra.``.
 
     Args:
@@ -124,7 +128,7 @@ def results_table(root: Union[str, Path], space: Optional[str] = None) -> "Any":
             continue
         row: Dict[str, Any] = {
             "model": r.model, "name": r.name, "space": r.space, "params": r.params,
-            "flops": r.flops, "delta_m": r.delta_m, "seed": r.seed,
+            "flops": r.flops, "delta_m": r.delta_m, "delta_m_all": r.delta_m_all, "seed": r.seed,
             "tree": json.dumps(r.tree) if r.tree is not None else None,
             "run_dir": str(path.parent),
         }
@@ -134,6 +138,7 @@ def results_table(root: Union[str, Path], space: Optional[str] = None) -> "Any":
         for key, value in r.extra.items():
             row[f"extra.{key}"] = value
         rows.append(row)
-    columns = ["model", "name", "space", "params", "flops", "delta_m", "seed", "tree", "run_dir"]
+    columns = ["model", "name", "space", "params", "flops", "delta_m", "delta_m_all", "seed", "tree",
+               "run_dir"]
     return pd.DataFrame(rows, columns=None if rows else columns)
 
