@@ -247,13 +247,43 @@ def _tree(args: argparse.Namespace, space: Any) -> None:
                    "--name" if args.name is not None else "the tree file's stem (the default --name)")
 
 
+def _dataset(args: argparse.Namespace, space: Any) -> None:
+    """The dataset the command would train on opens with the profile's options (a wrong root, a
+    missing split or an option the dataset does not take fails here, not after the first stage).
+
+    The embedded ``scenes`` dataset renders on construction, so only its options are checked."""
+    import inspect
+
+    from .data import get_dataset
+    from .pipeline.resolve import profile_space
+    from .training.single import space_dataset
+
+    profile = getattr(args, "profile", None)
+    try:
+        profiled = profile_space(space, profile) if profile else space
+    except BranchnasError:
+        raise
+    if not profiled.dataset_name:
+        return
+    cls = get_dataset(profiled.dataset_name)
+    if profiled.dataset_name == "scenes":
+        try:
+            inspect.signature(cls).bind(split="train", tasks=None, **profiled.dataset_kwargs)
+        except TypeError as exc:
+            raise _fail(f"search space {space.name!r} [dataset]: {exc}; see the scenes dataset's "
+                        "options") from None
+        return
+    for split in ("train", "val"):
+        space_dataset(profiled, split)
+
+
 def _out(args: argparse.Namespace) -> None:
     out = getattr(args, "out", None)
     check_writable_dir(out if out else "runs", "--out")
 
 
 def _model(args: argparse.Namespace, space: Any) -> None:
-    from .models import list_baselines
+    from .models.baselines import list_baselines
 
     model = args.model
     if model.startswith("single:"):
@@ -325,12 +355,12 @@ def check_args(args: argparse.Namespace) -> None:
 
         _choice("--measure", args.measure, list_measures())
     if get("baselines") is not None:
-        from .models import list_baselines
+        from .models.baselines import list_baselines
 
         for b in args.baselines:
             _choice("--baselines", b, list_baselines())
     if command == "baseline":
-        from .models import list_baselines
+        from .models.baselines import list_baselines
 
         _choice("baseline", args.name, list_baselines())
 
@@ -388,7 +418,17 @@ def check_args(args: argparse.Namespace) -> None:
 
         load_affinity(_existing_file("--affinity", args.affinity, "affinity .npz file"))
 
-    # outputs
+    if command == "search" and get("runs") and not Path(args.runs).expanduser().is_dir():
+        raise _fail(f"--runs {args.runs} is not a directory; give the output directory of a run "
+                    "(it holds affinity-<measure>.npz), or leave it out")
+    if get("baselines"):
+        dup = sorted({b for b in args.baselines if args.baselines.count(b) > 1})
+        if dup:
+            raise _fail(f"--baselines lists {', '.join(dup)} more than once; give each baseline once")
+
+    # the data, then the outputs
+    if command in _WRITES_OUT and space is not None:
+        _dataset(args, space)
     if command in _WRITES_OUT:
         _out(args)
     if command == "affinity" and get("output"):

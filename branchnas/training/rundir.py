@@ -147,16 +147,28 @@ def forget_fresh_runs() -> None:
     _FRESH.clear()
 
 
-def discard_fresh_runs() -> List[Path]:
+def discard_fresh_runs(root: Optional[PathLike] = None) -> List[Path]:
     """Remove every run directory this process began that holds no checkpoint yet.
+
+    Args:
+        root: a directory that existed before the command; parents of a removed run
+            directory strictly inside it are removed too while empty (``out/single/``, ...).
 
     Returns:
         The removed run directories.
     """
     removed = []
+    top = Path(root).resolve() if root is not None else None
     for run in list(_FRESH.values()):
         if run.discard_if_fresh():
             removed.append(run.path)
+            parent = run.path.resolve().parent
+            while top is not None and parent != top and top in parent.parents:
+                try:
+                    parent.rmdir()  # only while empty
+                except OSError:
+                    break
+                parent = parent.parent
     _FRESH.clear()
     if removed:
         log.info("removed %d run directory(ies) that failed before their first checkpoint", len(removed))
@@ -490,20 +502,13 @@ class RunDir:
         import shutil
 
         self.unlock()
-        if self._created:  # the directory is ours: all of it goes
-            shutil.rmtree(self._created[0], ignore_errors=True)
-            for d in self._created[1:]:
-                try:
-                    d.rmdir()  # only while empty
-                except OSError:
-                    break
-        else:  # it existed before: remove what start() wrote
-            for p in (self.config_path, self.seed_path, self.revision_path, self.command_path,
-                      self.environment_path, self.metrics_path, self.lock_path):
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
+        # nothing in it can be resumed (start() began it, no checkpoint): all of it goes
+        shutil.rmtree(self.path, ignore_errors=True)
+        for d in self._created[1:]:
+            try:
+                d.rmdir()  # only while empty
+            except OSError:
+                break
         self._created, self._fresh = [], False
         return True
 
