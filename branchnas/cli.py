@@ -556,6 +556,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .training.rundir import discard_fresh_runs, forget_fresh_runs
 
     forget_fresh_runs()
+    out_root = _existing_ancestor(getattr(args, "out", None) or "runs")
     try:
         if distributed:
             _start_distributed(args._command)
@@ -564,14 +565,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         check_args(args)  # every option and input checked before any work (writes nothing)
         return _COMMANDS[args._command](args)
     except BranchnasError as exc:
-        discard_fresh_runs()  # run directories begun by this command with nothing in them yet
+        discard_fresh_runs(out_root)  # run directories begun by this command with nothing in them yet
         return _error(exc)
     except (OSError, RuntimeError) as exc:  # the file system's failures: one line, the path, the fix
         from ._fs import fs_error, is_fs_failure
 
         if not is_fs_failure(exc):
             raise
-        discard_fresh_runs()
+        discard_fresh_runs(out_root)
         return _error(fs_error(exc))
     except KeyboardInterrupt as exc:
         print("interrupted; run the same command again to resume", file=sys.stderr, flush=True)
@@ -583,6 +584,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .training.ddp import teardown
 
             teardown()
+
+
+def _existing_ancestor(path: str) -> Path:
+    """The deepest directory of ``path`` (or above it) that exists now."""
+    p = Path(path).expanduser().absolute()
+    while not p.is_dir() and p.parent != p:
+        p = p.parent
+    return p
 
 
 def _error(exc: BaseException) -> int:
