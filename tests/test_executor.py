@@ -147,3 +147,17 @@ def test_bad_executor_options_on_the_command_line_write_nothing(argv, match, tmp
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and __import__("re").search(match, err), err
     assert not out.exists()
+
+
+def test_train_single_sends_one_job_per_task_to_the_executor(tmp_path, monkeypatch, capsys):
+    from branchnas.cli import main
+
+    monkeypatch.setenv("BRANCHNAS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["train-single", "--profile", "tiny", "--tasks", "semseg", "depth", "--jobs", "2",
+                 "--epochs", "1", "--threads", "1", "--progress", "false", "--out", str(out)]) == 0
+    for task in ("semseg", "depth"):
+        attempts = job_attempts(out / "single" / task)
+        assert len(attempts) == 1 and attempts[0]["pid"] != os.getpid()  # a worker process
+        assert (out / "single" / task / "done").is_file()
+    assert "single/semseg" in capsys.readouterr().out
