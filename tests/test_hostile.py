@@ -151,6 +151,22 @@ for cmd in ("run", "demo"):
         case(klass, f"{cmd}:{name}", lambda ws, b=base, e=extra: b(ws) + e)
 
 case("value", "train-single:tasks-banana", lambda ws: TRAIN_COMMANDS["train-single"](ws) + ["--tasks", "banana"])
+for name, extra, klass in (
+    ("num-workers-huge", ["--num-workers", "100000"], "limits"),
+    ("threads-0", ["--threads", "0"], "value"),
+    ("momentum-nan", ["--momentum", "nan"], "value"),
+    ("gamma-5", ["--gamma", "5"], "value"),
+    ("batch-size-negative", ["--batch-size", "-3"], "value"),
+    ("max-train-batches-0", ["--max-train-batches", "0"], "value"),
+    ("eval-every-0", ["--eval-every", "0"], "value"),
+    ("amp-bogus", ["--amp", "bogus"], "value"),
+):
+    case(klass, f"train-single:{name}", lambda ws, e=extra: TRAIN_COMMANDS["train-single"](ws) + e)
+# a shipped space whose dataset needs a root (and takes no `size` from the tiny profile)
+for cmd in ("train-single", "run", "demo", "baseline"):
+    case("data", f"{cmd}:dataset-without-root", lambda ws, c=cmd: TRAIN_COMMANDS[c](ws) + ["--space", "nyuv2-segnet"])
+case("early", "run:baselines-twice", lambda ws: TRAIN_COMMANDS["run"](ws) + ["--baselines", "shared", "shared"])
+case("fs", "search:runs-missing", lambda ws: ["search", "--runs", str(ws.inp / "nope")])
 
 # train --tree / --name
 _train = lambda ws, tree, *extra: ["train", "--tree", tree, "--profile", "tiny", "--out", ws.out, *extra]  # noqa: E731
@@ -695,7 +711,7 @@ def test_the_suite_covers_every_class_and_command(tmp_path):
     counts = Counter(k for k, *_ in CASES)
     counts["exec"] += 2 * 2 + 1  # checkpoint exploits x commands, the pickle as .npy
     counts["checkpoint"] += 6 * 2 + 1  # damaged checkpoints x commands, the lock
-    counts["fs"] += len(FS_ERRORS) * len(TRAIN_COMMANDS) + 1
+    counts["fs"] += len(FS_ERRORS) * len(TRAIN_COMMANDS) + 1 + 11  # + full disk, + errno mapping
     counts["data"] += len(DATA) - 1 + 1 + 1  # + empty celeba split, + cache checksum
     total = sum(counts.values())
     print("hostile cases per class:", dict(sorted(counts.items())), "total", total)
@@ -705,3 +721,16 @@ def test_the_suite_covers_every_class_and_command(tmp_path):
     commands = {b(Workspace(next(roots)))[0] for _, _, b, _ in CASES}
     assert commands >= {"describe", "train-single", "affinity", "search", "train", "baseline", "pareto",
                         "plot", "run", "demo", "report", "tune", "validate"}
+
+
+@pytest.mark.parametrize("code,words", [
+    (errno.EACCES, "permission denied"), (errno.EPERM, "permission denied"), (errno.EROFS, "read-only"),
+    (errno.ENOSPC, "no space left"), (errno.EDQUOT, "no space left"), (errno.ENOTDIR, "not a directory"),
+    (errno.ENOENT, "does not exist"), (errno.EEXIST, "in the way"), (errno.EISDIR, "is a directory"),
+    (errno.ENAMETOOLONG, "too long"), (errno.EIO, "cannot access"),
+])
+def test_every_os_error_is_one_line_naming_the_path(code, words):
+    from branchnas._fs import fs_error
+
+    msg = str(fs_error(OSError(code, os.strerror(code), "/data/run/x.pt")))
+    assert words in msg and "/data/run/x.pt" in msg and "\n" not in msg
