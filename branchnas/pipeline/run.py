@@ -66,9 +66,12 @@ def _tree_run_name(budget: int, format_budget: Any) -> str:
 def _check_done_runs(spec: Any, format_budget: Any) -> None:
     """Refuse (one line, naming the keys) any done run of this pipeline made with other
     settings: single-task networks, baselines, and the trees of these budgets."""
+    from ..models.baselines import baseline_meta
+
     layout = spec.layout
     checks = [(layout.single(t), spec.train_config(f"single:{t}")) for t in spec.space.task_names]
-    checks += [(layout.baseline(n), spec.train_config(n)) for n in spec.baselines if n != "single"]
+    checks += [(layout.baseline(n), spec.train_config(n)) for n in spec.baselines
+               if not baseline_meta(n).get("reuses_single")]  # those are the singles above
     for b in spec.budgets:
         name = _tree_run_name(b, format_budget)
         tree_file = layout.search_tree(name)
