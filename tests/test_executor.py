@@ -161,3 +161,21 @@ def test_train_single_sends_one_job_per_task_to_the_executor(tmp_path, monkeypat
         assert len(attempts) == 1 and attempts[0]["pid"] != os.getpid()  # a worker process
         assert (out / "single" / task / "done").is_file()
     assert "single/semseg" in capsys.readouterr().out
+
+
+def test_a_done_run_of_other_settings_is_refused_before_it_is_reused(tmp_path):
+    """The executor's shortcut for done jobs checks the config as the stages do."""
+    from branchnas.pipeline.executors import single_job
+    from branchnas.pipeline.resolve import profile_space
+    from branchnas.spaces import load_space
+    from branchnas.training import TrainConfig
+    from branchnas.training.rundir import RunDir
+
+    space = profile_space(load_space("scenes"), "tiny", ["depth"])
+    config = TrainConfig.from_sources(space.training, {"epochs": 1})
+    job = single_job(space, "depth", config, tmp_path)
+    run = RunDir(job["out_dir"])
+    run.start({**config.to_dict(), "lr": config.lr * 10})  # a run made with another lr
+    run.mark_done({"depth": {}, "epochs": 1})
+    with pytest.raises(BranchnasError, match="different config.*lr"):
+        LocalExecutor().submit(job)
