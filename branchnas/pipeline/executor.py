@@ -91,7 +91,7 @@ class Executor(abc.ABC):
         """The executor built from the settings it uses (its registry ``options``)."""
         return cls()
 
-    def shutdown(self, wait: bool = True) -> None:
+    def shutdown(self, wait: bool = True) -> None:  # noqa: B027  (optional: nothing to release)
         """Release the backend's workers (an executor is not used after this)."""
 
     def __enter__(self) -> "Executor":

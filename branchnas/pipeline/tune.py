@@ -705,7 +705,7 @@ def _drive(t: _Tuning, executor: Any) -> List[Dict[str, Any]]:
             with warnings.catch_warnings():  # "experimental" since optuna 2.9
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fail_stale_trials(study)  # optuna's: stale trials fail, their retries are enqueued
-            for number, trial_id in in_flight.values():
+            for _number, trial_id in in_flight.values():
                 storage.record_heartbeat(trial_id)
         frozen = study.get_trials(deepcopy=False)
         waiting = sum(f.state == TrialState.WAITING for f in frozen)
