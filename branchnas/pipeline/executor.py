@@ -203,6 +203,10 @@ class RayExecutor(Executor):
             resumes from its checkpoint); errors the job raises itself are not retried.
         imports: modules registering extra job kinds, imported by each task.
         temp_dir: Ray's session directory for the instance started here (default Ray's).
+
+    Workers' output is not streamed to this process (the progress bars of parallel jobs would
+    interleave): Ray keeps it in its session's logs (``/tmp/ray/session_latest/logs``); a job's
+    error comes back as the exception of its future.
     """
 
     name = "ray"
