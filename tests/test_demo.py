@@ -70,6 +70,28 @@ def test_reading_notes_say_what_delta_m_is_on_and_what_baselines_got():
     assert "cross_stitch: sgd, from the single-task networks, 4 ep, plateau" in text
 
 
+def test_tiny_demo_says_how_to_read_its_numbers(tmp_path, capsys, monkeypatch):
+    """The wiring, on the tiny profile (numbers meaningless): the summary's reading notes, the
+    affinity-structure line, both Δm columns and the epochs column."""
+    from branchnas.cli import main
+
+    monkeypatch.setenv("BRANCHNAS_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    args = ["demo", "--profile", "tiny", "--tasks", "semseg", "depth", "scene", "--budgets", "0.5M",
+            "--baselines", "shared", "--progress", "false", "--jobs", "1", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "how to read these numbers:" in printed
+    assert "semseg: miou, depth: abs_err, scene: top1" in printed
+    assert "affinity at block4: most similar dense pair semseg–depth" in printed
+    assert "Δm all" in printed and "epochs" in printed
+    assert "shared: adam lr 0.002, from scratch" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    check = summary["affinity_structure"]
+    assert check["dense_pair"] == ["semseg", "depth"] and check["image_pair"][0] == "scene"
+    assert set(summary["primary"].values()) == {"miou", "abs_err", "top1"}
+
+
 # ------------------------------------------------------------------------------ slow
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("BRANCHNAS_SLOW_TESTS"),
