@@ -200,19 +200,53 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 def _cmd_search(args: argparse.Namespace) -> int:
     from .pipeline.recommend import recommend
 
+    top = args.top if args.top is not None else (1 if args.format == "tree" else 3)
+    if args.format == "tree" and top > 1 and not args.out_dir:
+        raise BranchnasError(f"--format tree writes one tree (what `branchnas train --tree` reads) but --top is "
+                             f"{top}; use --top 1, or --out-dir DIR to write one tree file per tree")
+    rule_options = {"eps": args.eps} if args.eps is not None else {}
+    if args.eps is not None and args.select != "epsilon":
+        raise BranchnasError("--eps belongs to --select epsilon; add --select epsilon or drop --eps")
     report = recommend(
         space=args.space, affinity=args.affinity, block_params=args.block_params,
         budget=args.budget, budget_flops=args.budget_flops, strategy=args.strategy,
-        top_k=args.top, beam_width=args.beam_width, max_branches=args.max_branches,
+        top_k=top, beam_width=args.beam_width, max_branches=args.max_branches,
         shared_prefix=args.shared_prefix, seed=args.seed, runs=args.runs,
+        frontier=args.frontier, rule=args.select, rule_options=rule_options,
     )
+    written = []
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        trees = [report.chosen] + [s for s in report.result.trees if s.tree != report.chosen.tree]
+        for rank, scored in enumerate(trees[:top], 1):
+            path = out / f"tree-{rank}.json"
+            path.write_text(scored.tree.dumps() + "\n")
+            written.append(str(path))
+    if args.frontier:
+        from .pipeline.layout import RunLayout, default_out
+        from .search.frontier import frontier_plot_data, write_frontier_plot
+
+        plot = Path(args.plot) if args.plot else Path(RunLayout(args.runs or default_out(
+            report.space_name or "search")).plots) / f"frontier-{report.result.budget_kind}.png"
+        data = frontier_plot_data(report.frontier, report.result.budget, report.result.budget_kind,
+                                  chosen=report.chosen)
+        written.append(write_frontier_plot(data, plot, title=f"{report.space_name or 'search'}: "
+                                           f"cost vs {report.result.budget_kind}"))
     if args.format == "json":
-        _write_json(report.to_json())
+        _write_json({**report.to_json(), "written": written})
     elif args.format == "tree":
-        for scored in report.result.trees:
-            _print(scored.tree.dumps())
+        if not args.out_dir:
+            _print(report.chosen.tree.dumps())
+        for path in written:
+            log.info("wrote %s", path)
     else:
         _print(report.format_table())
+        if args.frontier:
+            _print("")
+            _print(report.format_frontier())
+        for path in written:
+            _print(f"wrote {path}")
     return 0
 
 
@@ -319,6 +353,21 @@ def _listed(module: str, function: str, extra: Sequence[str] = ()) -> LazyChoice
 
 _MEASURES = _listed(".affinity.measures", "list_measures")
 _STRATEGIES = _listed(".search", "list_strategies", extra=("auto",))  # auto: chosen by size
+_RULES = _listed(".search.frontier", "list_rules")
+
+
+def _int_in(lo: int, hi: Optional[int]) -> Callable[[str], int]:
+    """argparse type: an integer in lo..hi (hi None: no maximum), refused before any work."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(
+                f"{v} is out of range; use {lo}..{hi}" if hi is not None else f"{v} is below {lo}")
+        return v
+    return parse
 _BASELINES = _listed(".models.baselines", "list_baselines")
 _EXECUTORS = _listed(".pipeline.executor", "list_executors")
 
@@ -435,18 +484,31 @@ def build_parser() -> argparse.ArgumentParser:
     bud.add_argument("--budget", help="parameter budget, e.g. 12M, 1.5G, 3e6 (default: none)")
     bud.add_argument("--budget-flops", help="FLOPs budget instead, e.g. 1.5G")
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=_STRATEGIES, metavar="STRATEGY",
-                   help="%(choices)s; auto: exhaustive up to 2M trees, exact up to 10 tasks, "
-                   "else beam (default: %(default)s)")
-    p.add_argument("--beam-width", type=int, default=10, help="beam: partial trees kept per depth (paper: 10)")
-    p.add_argument("--max-branches", type=int, help="beam: most subgroups a group splits into")
+                   help="%(choices)s; auto: an exact strategy where it finishes in seconds "
+                   "(exhaustive, exact), else local search (default: %(default)s)")
+    p.add_argument("--beam-width", type=_int_in(1, 1000), default=10,
+                   help="beam: partial trees kept per depth, 1..1000 (paper: 10)")
+    p.add_argument("--max-branches", type=_int_in(1, None), help="beam-split: most subgroups a group splits into")
     p.add_argument("--shared-prefix", type=int, default=None,
                    help="force the first k blocks to be shared (default: the space's "
                         "[search] shared_prefix, else 0)")
-    p.add_argument("--top", type=int, default=3, help="trees to show (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random/beam (default: %(default)s)")
+    p.add_argument("--top", type=_int_in(1, 1000), default=None,
+                   help="trees to show, 1..1000 (default: 3; 1 with --format tree)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random/beam/local (default: %(default)s)")
     p.add_argument("--format", choices=["table", "json", "tree"], default="table",
-                   help="table to read, JSON for scripts, or tree: one tree JSON per line for "
-                   "`branchnas train --tree` (default: %(default)s)")
+                   help="table to read, JSON for scripts, or tree: the selected tree's JSON, what "
+                   "`branchnas train --tree` reads (default: %(default)s)")
+    p.add_argument("--out-dir", metavar="DIR", help="also write each tree to DIR/tree-<rank>.json "
+                   "(rank 1 = the selected tree), each readable by `branchnas train --tree`")
+    p.add_argument("--frontier", action="store_true",
+                   help="also list every tree on the (params, cost) Pareto frontier and plot cost vs params "
+                   "with the budget marked")
+    p.add_argument("--plot", metavar="PNG", help="where --frontier draws (default: <runs>/plots/frontier-<kind>.png)")
+    p.add_argument("--select", default=None, choices=_RULES, metavar="RULE",
+                   help="which tree within the budget to pick: %(choices)s (default: least-cost, the paper's "
+                   "rule; bench/bench_search.py --only selection measures the others on the validation study)")
+    p.add_argument("--eps", type=float, help="--select epsilon: the smallest tree within this share of the "
+                   "budget's cost range above the optimum (e.g. 0.1)")
 
     p = _add(sub, "train", _cmd_train, "train the BranchedNet of a tree and compare it with the single-task networks")
     _space_arg(p)

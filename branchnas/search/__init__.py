@@ -110,6 +110,10 @@ def choose_strategy(num_tasks: int, depth: int, shared_prefix: int = 0,
                     seconds: float = AUTO_SECONDS) -> str:
     """The strategy ``auto`` stands for on a problem of this size (read from the registry's metadata).
 
+    An exact strategy estimated to finish within ``seconds`` on one core (one that also
+    counts the feasible trees while it takes under a second, else the fastest), else the
+    registered many-task strategy.
+
     Example:
         >>> choose_strategy(4, 4), choose_strategy(10, 4), choose_strategy(40, 15)
         ('exhaustive', 'exact', 'local')
@@ -120,9 +124,10 @@ def choose_strategy(num_tasks: int, depth: int, shared_prefix: int = 0,
         if meta.get("exact") and meta.get("seconds") is not None:
             est = float(meta["seconds"](num_tasks, depth, shared_prefix))
             if est <= seconds:
-                timed.append((est, name))
+                # one that also counts the feasible trees is preferred while it takes under a second
+                timed.append((not (meta.get("counts_feasible") and est <= 1.0), est, name))
     if timed:
-        return min(timed)[1]
+        return min(timed)[2]
     many = [n for n in list_strategies() if strategy_meta(n).get("many_tasks")]
     if not many:
         raise BranchnasError("no many-task strategy is registered; pass a strategy by name")
