@@ -10,7 +10,6 @@ from scipy.stats import permutation_test, spearmanr
 
 from branchnas.errors import BranchnasError
 from branchnas.pipeline import validate as V
-from branchnas.pipeline.results import RESULT_FILE
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,9 @@ def test_tables_have_every_tree_and_the_expected_columns(study):
     assert len(trees) == 5  # Bell(3): the partitions of 3 tasks at the last block
     assert trees["name"].tolist() == [f"t{i:03d}" for i in range(5)]
     assert trees["params"].is_monotonic_increasing
-    for col in ("groups", "params", "cost_rsa", "cost_cka", "delta_m", "delta_m_mean",
-                "delta_m_std", "n_seeds", "tree", "dm/semseg", "depth/abs_err"):
+    for col in ("groups", "params", "cost_rsa", "cost_cka", "cost_fa", "delta_m", "delta_m_mean",
+                "delta_m_std", "n_seeds", "tree", "dm/semseg", "depth/abs_err", "delta_m_all",
+                "delta_m_all_mean", "epochs"):
         assert col in trees.columns, col
     assert np.isfinite(trees["delta_m"]).all()
     # noise subset: shared, separate, least-RSA-cost tree of the 3 two-group trees
@@ -39,7 +39,7 @@ def test_tables_have_every_tree_and_the_expected_columns(study):
     seeds = r["seeds"]
     assert len(seeds) == 5 + 3 and set(seeds["seed"]) == {0, 1}
     for name in ("trees.csv", "seeds.csv", "correlation.csv", "regret.csv",
-                 "cost_vs_delta_m.png", "regret.png", "SUMMARY.md"):
+                 "cost_vs_delta_m.png", "regret.png", "learning_curves.png", "SUMMARY.md"):
         assert (tmp := (V.Path(cfg.results_dir) / name)).is_file() and tmp.stat().st_size > 0
     back = pd.read_csv(V.Path(cfg.results_dir) / "trees.csv")
     assert back["name"].tolist() == trees["name"].tolist()
@@ -50,7 +50,7 @@ def test_regret_is_never_negative_and_picks_are_feasible(study):
     reg = r["regret"]
     budgets = sorted(r["trees"]["params"].unique())
     assert sorted(reg["budget"].unique()) == budgets
-    assert set(reg["strategy"]) == {"rsa", "cka", "fa", "random", "random_equal"}
+    assert set(reg["strategy"]) == {"rsa", "cka", "fa", "greedy_rsa", "random", "random_equal"}
     assert (reg["regret"] >= 0).all()
     assert (reg["pick_params"] <= reg["budget"]).all()
     # the best tree of a budget is the best Δm among trees within it
@@ -105,7 +105,7 @@ def test_seed_noise_is_the_pooled_within_tree_std():
 
 def test_rerun_reuses_finished_runs(study):
     cfg, r = study
-    runs = sorted(V.Path(cfg.out).glob(f"trees/*/{RESULT_FILE}"))
+    runs = sorted(V.Path(cfg.out).glob("trees/*/done"))
     assert len(runs) == 8
     stamps = {p: p.stat().st_mtime_ns for p in runs}
     again = V.run_validation(cfg)
@@ -129,8 +129,8 @@ def test_all_seeds_for_every_tree_adds_the_mean_analysis(study, tmp_path):
     cfg2 = replace(cfg, noise_trees=["all"], results_dir=str(tmp_path / "results"))
     r = V.run_validation(cfg2)
     assert (r["trees"]["n_seeds"] == 2).all()
-    assert len(sorted(V.Path(cfg.out).glob(f"trees/*/{RESULT_FILE}"))) == 10
-    assert set(r["correlation"]["on"]) == {"delta_m", "delta_m_mean"}
+    assert len(sorted(V.Path(cfg.out).glob("trees/*/done"))) == 10
+    assert set(r["correlation"]["on"]) == {"delta_m", "delta_m_mean", "delta_m_all"}
     mean = r["regret"][r["regret"]["on"] == "delta_m_mean"]
     assert (mean["regret"] >= 0).all()
     assert mean["sigma_diff"].iloc[0] == pytest.approx(r["noise"]["sigma_diff"] / np.sqrt(2))
@@ -138,3 +138,31 @@ def test_all_seeds_for_every_tree_adds_the_mean_analysis(study, tmp_path):
     for _, row in mean.iterrows():
         assert row["best_delta_m"] == pytest.approx(
             trees.loc[trees.params <= row["budget"], "delta_m_mean"].max())
+
+
+def test_delta_m_is_on_the_primary_measures_and_all_metrics_beside_it(study):
+    """trees.csv's Δm, recomputed by hand from its metric columns and the single-task ones."""
+    from branchnas.pipeline.results import read_result
+
+    cfg, r = study
+    trees = r["trees"]
+    ref = {t: read_result(V.Path(cfg.out) / "single" / t).metrics[t]
+           for t in ("semseg", "depth", "normals")}
+    row = trees.iloc[2]
+    terms = [(row["semseg/miou"] - ref["semseg"]["miou"]) / ref["semseg"]["miou"],
+             -(row["depth/abs_err"] - ref["depth"]["abs_err"]) / ref["depth"]["abs_err"],
+             -(row["normals/mean"] - ref["normals"]["mean"]) / ref["normals"]["mean"]]
+    assert row["delta_m"] == pytest.approx(100 * sum(terms) / 3, rel=1e-9)
+    depth_all = -((row["depth/abs_err"] - ref["depth"]["abs_err"]) / ref["depth"]["abs_err"]
+                  + (row["depth/rel_err"] - ref["depth"]["rel_err"]) / ref["depth"]["rel_err"]) / 2
+    assert row["dm/depth"] == pytest.approx(100 * terms[1], rel=1e-9)
+    assert row["delta_m_all"] != pytest.approx(row["delta_m"])
+    assert np.isfinite(depth_all)
+    corr = r["correlation"]
+    assert set(corr["on"]) >= {"delta_m", "delta_m_all"}
+    text = (V.Path(cfg.results_dir) / "SUMMARY.md").read_text()
+    assert "## Convergence" in text and "stop reasons:" in text
+    curves = V.learning_curves(cfg.out, list(trees["name"]), 0)
+    assert set(curves["runs"]) == set(trees["name"])
+    assert all(len(c["epochs"]) == row_ep for c, row_ep in
+               zip(curves["runs"].values(), trees["epochs"]))
