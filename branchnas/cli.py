@@ -517,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_arg(p)
     _run_args(p, force=True)
 
-    p = _add(sub, "baseline", _cmd_baseline, "train a baseline: single, shared, cross_stitch, mtan or nddr")
+    p = _add(sub, "baseline", _cmd_baseline, "train a baseline (the single-task networks, the fully shared one, or a soft-sharing network)")
     p.add_argument("name", choices=_BASELINES, metavar="NAME",
                    help="the baseline to train: %(choices)s")
     _space_arg(p)
@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _add(sub, "tune", _cmd_tune, "tune a model's optimiser, learning rate, batch size and schedule with optuna")
     _space_arg(p)
     p.add_argument("--model", required=True,
-                   help="single:<task>, tree:<file.json>, or a baseline (shared, cross_stitch, mtan, nddr)")
+                   help="single:<task>, tree:<file.json>, or a baseline name (as `branchnas baseline` takes)")
     p.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="trials, the same for every compared model (default: %(default)s)")
     p.add_argument("--storage", help="optuna storage to keep the study in: sqlite:///path.db or "
                    "postgresql://user:pw@host/db (default: a journal file beside the results)")
