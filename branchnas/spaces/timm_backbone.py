@@ -74,7 +74,7 @@ def import_timm() -> Any:
     except ImportError:
         raise BranchnasError(
             "timm backbones (and the resnet* backbones) need the timm package; "
-            "install it with: pip install 'branchnas[timm]'"
+            "it is one of branchnas's requirements: pip install 'timm>=0.9'"
         ) from None
     return timm
 
