@@ -426,9 +426,11 @@ def check_args(args: argparse.Namespace) -> None:
         if dup:
             raise _fail(f"--baselines lists {', '.join(dup)} more than once; give each baseline once")
 
-    # the data, then the outputs
+    # the data and the backbone's pretrained weights, then the outputs
     if command in _WRITES_OUT and space is not None:
         _dataset(args, space)
+        # a declared weights file missing offline is refused here, not inside the first job
+        space.backbone.weights_file()
     if command in _WRITES_OUT:
         _out(args)
     if command == "affinity" and get("output"):

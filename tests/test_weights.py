@@ -153,3 +153,19 @@ def test_weights_file_is_none_without_weights_and_checks_them_through_cuts(cache
     cut = ResNetBackbone("resnet18", weights="IMAGENET1K_V1").with_cuts([1])
     with pytest.raises(BranchnasError, match=TV_FILE):
         cut.weights_file()
+
+
+def test_a_training_command_refuses_missing_weights_before_any_work(caches, tmp_path, capsys):
+    # the scenes-timm space with pretrained weights that are not on this machine
+    from branchnas.spaces import space_dirs
+
+    text = (space_dirs()[0] / "scenes-timm.toml").read_text()
+    space_file = tmp_path / "pretrained.toml"
+    space_file.write_text(text.replace("pretrained = false", "pretrained = true", 1))
+    out = tmp_path / "out"
+    rc = main(["train-single", "--space", str(space_file), "--profile", "tiny", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc != 0
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "test_convnext" in lines[0] and "Traceback" not in err
+    assert not out.exists() or not any(out.rglob("*"))
