@@ -110,26 +110,10 @@ def check_budgets(text: Optional[str], option: str = "--budgets") -> Optional[Li
 
 def check_device(device: Optional[str]) -> None:
     """``cpu``, ``cuda``, ``cuda:N`` (an existing GPU) or ``mps`` (where available)."""
-    if device is None:
-        return
-    import torch
+    if device is not None:
+        from ._device import resolve_device
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise _fail(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cpu":
-        return
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise _fail(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise _fail(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s); "
-                        f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
-        return
-    if dev.type == "mps" and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return
-    raise _fail(f"--device {device!r} is not supported here; use cpu or cuda[:N]")
+        resolve_device(device)
 
 
 def check_run_name(name: str, option: str = "--name") -> None:
