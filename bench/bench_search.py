@@ -127,7 +127,9 @@ def bench_optimality(instances, rng, strategies):
     stats = {s: [] for s in strategies}
     t_all = {s: 0.0 for s in strategies}
     t_ex, lb_rel, lb_bad, sizes = 0.0, [], 0, []
-    for _ in range(instances):
+    for i in range(instances):
+        if i and i % 50 == 0:
+            print(f"  ... {i} instances", flush=True)
         a, bp, budget = random_instance(rng)
         n = a.shape[1]
         sizes.append((n, a.shape[0]))

@@ -242,10 +242,10 @@ class LocalSearch:
         patience: stop perturbing a start after this many rounds in a row without a better tree.
     """
 
-    def __init__(self, rounds: int = 60, kick: int = 2, starts: Sequence[str] = ("shared", "fa"),
+    def __init__(self, rounds: int = 200, kick: int = 2, starts: Sequence[str] = ("shared", "fa"),
                  seed: int = 0, beam_width: int = 10, time_limit: Optional[float] = 7.0,
                  bound: bool = True, atoms: int = 8, atom_entries: int = 300_000,
-                 patience: int = 15) -> None:
+                 patience: int = 40) -> None:
         self.patience = patience
         self.atoms = atoms
         self.atom_entries = atom_entries
