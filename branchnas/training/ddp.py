@@ -29,11 +29,14 @@ floating-point summation order, when:
 **Gradients.** Two ways, both exact:
 
 * :meth:`DistributedContext.wrap` wraps the model in ``DistributedDataParallel``, which
-  overlaps the all-reduce with the backward pass (the ordinary ``loss.backward()`` path);
-* :meth:`DistributedContext.all_reduce_gradients` averages ``.grad`` after the backward pass
-  has finished. Memory-bounded backprop (``training.memory``) runs blocks and heads one at
-  a time rather than through the model's ``forward``, so it uses this path (so do the
-  loss weighting's own parameters, which sit outside the model).
+  overlaps the all-reduce with the backward pass (for scripts with the ordinary
+  ``loss.backward()`` path);
+* :meth:`DistributedContext.all_reduce_gradients` averages (or sums) ``.grad`` after the
+  backward pass has finished. The trainer uses this one for every backward and update
+  (``training._step.AllReducedGradients`` says why: memory-bounded backprop never calls the
+  model's ``forward``, the loss weighting's parameters sit outside the model, and
+  asynchronous updates keep accumulated gradients in ``.grad`` that must not be reduced
+  again).
 
 Example (inside a script started by ``torchrun --nproc-per-node 2``)::
 

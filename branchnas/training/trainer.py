@@ -35,7 +35,6 @@ Example (with any model, tasks and datasets following docs/internals.md)::
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -51,7 +50,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .._device import resolve_device  # the one device resolver (re-exported here)
 from ..errors import BranchnasError
-from . import ddp
+from . import _step, ddp
 from .async_updates import SHARED, AsyncUpdater
 from .config import RUNTIME_FIELDS, TrainConfig
 from .convergence import Convergence, holdout_split
@@ -202,12 +201,6 @@ def _check_batch(batch: Batch, names: Sequence[str]) -> None:
         )
 
 
-def _autocast(device: torch.device, dtype: Optional[torch.dtype]) -> Any:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _make_optimizer(config: TrainConfig) -> Callable[[List[Dict[str, Any]]], torch.optim.Optimizer]:
     def make(groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
         for g in groups:
@@ -334,7 +327,7 @@ def _eval_pass(
                     break
                 _check_batch(batch, names)
                 batch = _to_device(batch, dev, names)
-                with _autocast(dev, amp_dtype):
+                with _step.autocast(dev, amp_dtype):
                     preds = model(batch["image"], tasks=names)
                 for task in tasks:
                     t = task.name
@@ -526,8 +519,7 @@ def train(
                 pin_memory=session.device.type == "cuda",
             )
         record: Dict[str, Any] = {"epoch": epoch + 1, **session.train_epoch(loader, epoch, steps)}
-        if ctx is not None:
-            ctx.average_buffers(session.model)  # BatchNorm statistics of every process's batches
+        session.sync.end_epoch(session.model)  # distributed: BatchNorm statistics averaged
         improved = False
         if conv is not None:
             t1 = time.perf_counter()
@@ -706,13 +698,18 @@ def _rank_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 class _Session:
-    """The moving parts of one training run: model, weighting, optimizer(s), AMP, backward."""
+    """The moving parts of one training run: model, weighting, and the step's strategies.
+
+    The step's backward (standard or memory-bounded), update (one optimizer or
+    asynchronous per-task updates) and gradient sync (one process or all-reduced over
+    ``torchrun``'s processes) are chosen here, once (:mod:`._step`); :meth:`_step` only
+    calls them.
+    """
 
     def __init__(self, model: nn.Module, tasks: Sequence[Any], config: TrainConfig,
                  device: torch.device, collate: Callable[[List[Any]], Batch],
                  ctx: Optional[ddp.DistributedContext] = None) -> None:
         self.model, self.tasks, self.config, self.device = model, list(tasks), config, device
-        self.ctx = ctx
         self.names = _task_names(tasks)
         self.collate = collate
         # the paper's fixed task weights are for multi-task models; a one-task run ignores them
@@ -720,41 +717,35 @@ class _Session:
                              if len(self.names) > 1 else {})
         plain_backward = config.async_updates or config.memory_bounded
         self.amp_dtype = resolve_amp(config.amp, device, needs_plain_backward=plain_backward)
-        self.backward_fn: Optional[Callable[..., Dict[str, Tensor]]] = None
-        if config.memory_bounded:
-            try:
-                from .memory import memory_bounded_backward
-            except ImportError as exc:
-                raise BranchnasError(
-                    f"memory-bounded backprop is unavailable ({exc}); set memory_bounded = false"
-                ) from None
-            self.backward_fn = memory_bounded_backward
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.backward: _step.Backward = (
+            _step.MemoryBoundedBackward(self.tasks, device, self.amp_dtype)
+            if config.memory_bounded
+            else _step.StandardBackward(self.tasks, device, self.amp_dtype, self.scaler))
         model.to(device)
         self.weighting = create_weighting(config.weighting, self.names,
                                           **config.weighting_kwargs()).to(device)
+        self.sync = _step.make_sync(ctx)
         make_optimizer = _make_optimizer(config)
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.updater: Optional[AsyncUpdater] = None
         if config.async_updates:
-            sizes = config.effective_batch_sizes(self.names)
-            if ctx is not None:  # per-process sizes, as batch_size; the updater counts globally
-                sizes = {k: v * ctx.world_size for k, v in sizes.items()}
-            self.updater = AsyncUpdater(
+            # per-process sizes, as batch_size; the updater counts the global batch's samples
+            sizes = {k: v * self.sync.world_size
+                     for k, v in config.effective_batch_sizes(self.names).items()}
+            self.update: Any = _step.AsyncUpdate(AsyncUpdater(
                 _async_groups(model, self.weighting, self.names, config.lr),
                 sizes, make_optimizer,
-            )
+            ))
         else:
             groups = _model_groups(model, config.lr) + [
                 {"params": list(self.weighting.parameters()), "weight_decay": 0.0}]
-            self.optimizer = make_optimizer([g for g in groups if g["params"]])
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+            self.update = _step.OptimizerUpdate(
+                make_optimizer([g for g in groups if g["params"]]), self.scaler)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "updater": self.updater.state_dict() if self.updater is not None else None,
+            **self.update.state_dict(),  # "optimizer" and "updater" (one of them None)
             "weighting": self.weighting.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": _rng_state(),
@@ -763,11 +754,7 @@ class _Session:
     def load_state_dict(self, ckpt: Mapping[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.weighting.load_state_dict(ckpt["weighting"])
-        if self.updater is not None:
-            self.updater.load_state_dict(ckpt["updater"])
-        else:
-            assert self.optimizer is not None
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.update.load_state_dict(ckpt)
         if self.scaler is not None and ckpt.get("scaler") is not None:
             self.scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
@@ -775,67 +762,19 @@ class _Session:
     # ------------------------------------------------------------------ training
     def _set_lr(self, factor: float) -> None:
         # looked up every step: load_state_dict replaces an optimizer's group dicts
-        if self.updater is not None:
-            groups = self.updater.param_groups()
-        else:
-            assert self.optimizer is not None
-            groups = self.optimizer.param_groups
-        for g in groups:
+        for g in self.update.param_groups():
             g["lr"] = g["base_lr"] * factor
 
-    def _stepped_parameters(self) -> List[nn.Parameter]:
-        """Every parameter the optimizer or the updater steps, in a fixed order."""
-        if self.updater is not None:
-            return [p for g in self.updater.groups for p in self.updater.parameters(g)]
-        assert self.optimizer is not None
-        return [p for g in self.optimizer.param_groups for p in g["params"]]
-
     def _step(self, batch: Batch, n_present: Dict[str, int]) -> Dict[str, Tensor]:
-        """One batch: gradients, then the optimizer step(s); returns per-task losses."""
+        """One batch: gradients, then the update; returns per-task losses."""
         bsz = int(batch["image"].shape[0])
         batch = _to_device(batch, self.device, self.names)
-        ctx = self.ctx
-        counts: Dict[str, int] = {SHARED: bsz, **n_present}
-        if ctx is not None:  # the global batch's sample counts
-            counts = {k: round(v) for k, v in ctx.all_reduce_sum(counts).items()}
-        # async: gradients summed over labelled samples; otherwise tasks without labels are
-        # left out (also for backward code that calls combine() without `present`)
-        if self.updater is not None:
-            scales = {t: float(n) for t, n in n_present.items()}
-        elif ctx is None:
-            scales = {t: float(n > 0) for t, n in n_present.items()}
-        else:
-            # each task's mean over the global batch's labelled samples: this process's mean
-            # weighs n_t / N_t, times K to undo the all-reduce's average (1.0 when fully labelled)
-            scales = {t: ctx.world_size * n / counts[t] if counts[t] else 0.0
-                      for t, n in n_present.items()}
-        pending: List[Tuple[nn.Parameter, Tensor]] = []
-        if ctx is not None and self.updater is not None:
-            # groups that did not step keep accumulated (already all-reduced) gradients in
-            # .grad: set them aside so that only this batch's gradients are summed
-            for p in self._stepped_parameters():
-                if p.grad is not None:
-                    pending.append((p, p.grad))
-                    p.grad = None
-        losses = _backward(self.model, batch, self.tasks, self.names,
-                           ScaledWeighting(self.weighting, scales=scales,
-                                           loss_weights=self.loss_weights), n_present,
-                           self.device, self.amp_dtype, self.scaler, self.backward_fn)
-        if ctx is not None:
-            ctx.all_reduce_gradients(self._stepped_parameters(), average=self.updater is None)
-            with torch.no_grad():
-                for p, old in pending:
-                    p.grad = old if p.grad is None else old.add_(p.grad)
-        if self.updater is not None:
-            self.updater.step(counts)
-            return losses
-        assert self.optimizer is not None
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        counts = self.sync.global_counts({SHARED: bsz, **n_present})
+        scales = self.update.loss_scales(n_present, counts, self.sync.world_size)
+        objective = ScaledWeighting(self.weighting, scales=scales, loss_weights=self.loss_weights)
+        with self.sync.reduced(self.update):
+            losses = self.backward(self.model, batch, objective, n_present)
+        self.update.step(counts)
         return losses
 
     def train_epoch(self, loader: DataLoader, epoch: int, steps: int) -> Dict[str, Any]:
@@ -882,15 +821,14 @@ class _Session:
         finally:
             bar.close()
         train_time = time.perf_counter() - t0
-        if self.ctx is not None:
-            # the global batches' statistics: the weighting (DWA) must see the same epoch
-            # losses on every rank, or the ranks' loss weights and models drift apart
-            summed = self.ctx.all_reduce_sum({
-                **{f"sum:{t}": sums[t] for t in names}, **{f"n:{t}": counts[t] for t in names},
-                "total": total_sum, "images": images})
-            sums = {t: summed[f"sum:{t}"] for t in names}
-            counts = {t: round(summed[f"n:{t}"]) for t in names}
-            total_sum, images = summed["total"], round(summed["images"])
+        # the global batches' statistics (distributed): the weighting (DWA) must see the same
+        # epoch losses on every rank, or the ranks' loss weights and models drift apart
+        summed = self.sync.sum({
+            **{f"sum:{t}": sums[t] for t in names}, **{f"n:{t}": counts[t] for t in names},
+            "total": total_sum, "images": images})
+        sums = {t: summed[f"sum:{t}"] for t in names}
+        counts = {t: round(summed[f"n:{t}"]) for t in names}
+        total_sum, images = summed["total"], round(summed["images"])
         mean_losses = {t: (sums[t] / counts[t] if counts[t] else None) for t in names}
         self.weighting.end_epoch({t: v for t, v in mean_losses.items() if v is not None})
         return {
@@ -910,33 +848,6 @@ class _Session:
                                      c.eval_batch_size, self.collate, c.max_val_batches, c.amp,
                                      c.num_workers, with_loss=with_loss)
         return (metrics, losses) if with_loss else metrics
-
-
-def _backward(
-    model: nn.Module,
-    batch: Batch,
-    tasks: Sequence[Any],
-    names: Sequence[str],
-    weighting: Any,
-    n_present: Mapping[str, int],
-    dev: torch.device,
-    amp_dtype: Optional[torch.dtype],
-    scaler: Optional["torch.amp.GradScaler"],
-    backward_fn: Optional[Callable[..., Dict[str, Tensor]]],
-) -> Dict[str, Tensor]:
-    """Fill ``.grad`` for one batch; return the per-task losses (detached or not)."""
-    if backward_fn is not None:
-        with _autocast(dev, amp_dtype):
-            return backward_fn(model, batch, list(tasks), weighting)
-    with _autocast(dev, amp_dtype):
-        preds = model(batch["image"], tasks=list(names))
-    losses = {
-        t.name: t.loss(preds[t.name].float(), batch["labels"][t.name], batch["present"][t.name])
-        for t in tasks
-    }
-    total = weighting.combine(losses, present=n_present)
-    (scaler.scale(total) if scaler is not None else total).backward()
-    return losses
 
 
 def _progress(loader: DataLoader, total: int, desc: str, enabled: bool) -> Any:
