@@ -18,10 +18,13 @@ with no branch on the backend inside it:
   it also says how each task's loss term is scaled (means for an optimizer, sums over
   labelled samples for the asynchronous updater) and owns the learning-rate groups and the
   checkpointed optimizer state;
-* **gradient sync** (:class:`LocalGradients`, :class:`AllReducedGradients`): nothing in one
-  process; under ``torchrun`` the global batch's sample counts and the all-reduce of the
-  gradients after the backward pass (see :class:`AllReducedGradients` for why this is a
-  hand-written all-reduce and not ``DistributedDataParallel``).
+* **data parallelism** (``sync``: :class:`SingleProcess`, :class:`DataParallel`): in one
+  process the batch is the global batch; under ``torchrun`` the global batch's sample
+  counts and the all-reduce of the gradients after the backward pass (see
+  :class:`DataParallel` for why this is a hand-written all-reduce and not
+  ``DistributedDataParallel``). It also gives the loop its epoch's loader (sharded per
+  rank), the start-of-run broadcast, the epoch statistics' sums and the BatchNorm buffers'
+  average, so the training loop has no backend branches either.
 
 The trainer picks the three once per run, from its :class:`~.config.TrainConfig` and
 the distributed context (:func:`make_sync`).
@@ -35,6 +38,7 @@ from typing import (Any, Callable, ContextManager, Dict, Iterator, List, Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from ..errors import BranchnasError
 from . import ddp
@@ -45,8 +49,8 @@ __all__ = [
     "MemoryBoundedBackward",
     "OptimizerUpdate",
     "AsyncUpdate",
-    "LocalGradients",
-    "AllReducedGradients",
+    "SingleProcess",
+    "DataParallel",
     "autocast",
 ]
 
@@ -211,14 +215,31 @@ class AsyncUpdate:
 Update = Any  # OptimizerUpdate or AsyncUpdate (same methods)
 
 
-# ----------------------------------------------------------------------------- gradient sync
+# ----------------------------------------------------------------------------- data parallelism
 
 
-class LocalGradients:
+class SingleProcess:
     """One process: the batch's counts are the global ones, gradients stay as they are."""
 
     world_size = 1
     _nothing = contextlib.nullcontext()
+
+    @staticmethod
+    def steps(n: int, batch_size: int) -> int:
+        """Steps per epoch over ``n`` items (the last incomplete batch dropped)."""
+        return n // batch_size if n >= batch_size else 1
+
+    @staticmethod
+    def epoch_loader(dataset: Any, batch_size: int, seed: int, epoch: int,
+                     generator: torch.Generator, **kwargs: Any) -> DataLoader:
+        """The epoch's shuffled loader, its order drawn from ``generator``."""
+        drop_last = len(dataset) >= batch_size  # no ragged last batch (BatchNorm)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                          generator=generator, **kwargs)
+
+    @staticmethod
+    def broadcast(*modules: nn.Module) -> None:
+        pass
 
     @staticmethod
     def global_counts(counts: Dict[str, int]) -> Dict[str, int]:
@@ -235,7 +256,7 @@ class LocalGradients:
         pass
 
 
-class AllReducedGradients:
+class DataParallel:
     """K processes under ``torchrun``: global counts, gradients all-reduced after backward.
 
     Why a hand-written all-reduce (:meth:`.ddp.DistributedContext.all_reduce_gradients`)
@@ -264,9 +285,32 @@ class AllReducedGradients:
     overlapping communication with the standard backward, is not worth a second code path.
     """
 
-    def __init__(self, ctx: ddp.DistributedContext) -> None:
+    def __init__(self, ctx: ddp.DistributedContext, reseed: Callable[[int], None]) -> None:
         self.ctx = ctx
         self.world_size = ctx.world_size
+        self.reseed = reseed
+
+    def steps(self, n: int, batch_size: int) -> int:
+        """Steps per epoch: global batches of K·b, the last incomplete one dropped (raises
+        when ``n`` < K·b)."""
+        return len(self.ctx.batch_sampler(n, batch_size))
+
+    def epoch_loader(self, dataset: Any, batch_size: int, seed: int, epoch: int,
+                     generator: torch.Generator, **kwargs: Any) -> DataLoader:
+        """This rank's share of each global batch of the epoch (:class:`.ddp.ShardedBatchSampler`)."""
+        # dropout etc. differ per rank, and a resumed epoch draws as an uninterrupted one
+        # (the checkpoint holds rank 0's RNG state only)
+        self.reseed(_rank_seed(seed, epoch, self.ctx.rank))
+        # `generator` also draws the loader's base seed first, as in one process, so the
+        # sampler sees the generator in the same state as one process's DataLoader
+        return DataLoader(dataset, batch_sampler=self.ctx.batch_sampler(len(dataset), batch_size,
+                                                                        generator),
+                          generator=generator, **kwargs)
+
+    def broadcast(self, *modules: nn.Module) -> None:
+        """Rank 0's parameters and buffers into every rank's ``modules``."""
+        for module in modules:
+            self.ctx.broadcast_module(module)
 
     def global_counts(self, counts: Dict[str, int]) -> Dict[str, int]:
         """The global batch's sample counts (shared: images; task: labelled samples)."""
@@ -301,9 +345,16 @@ class AllReducedGradients:
         self.ctx.average_buffers(model)
 
 
-def make_sync(ctx: Optional[ddp.DistributedContext]) -> Any:
-    """:class:`LocalGradients` in one process, else :class:`AllReducedGradients`."""
-    return LocalGradients() if ctx is None else AllReducedGradients(ctx)
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The global RNGs' seed of one rank and epoch in distributed training."""
+    return (seed * 1_000_003 + epoch * 1009 + rank + 1) % 2**63
+
+
+def make_sync(ctx: Optional[ddp.DistributedContext],
+              reseed: Callable[[int], None]) -> Any:
+    """:class:`SingleProcess` in one process, else :class:`DataParallel`
+    (``reseed(seed)`` seeds the global RNGs, at each rank's epoch start)."""
+    return SingleProcess() if ctx is None else DataParallel(ctx, reseed)
 
 
 Backward = Callable[[nn.Module, Batch, Any, Mapping[str, int]], Dict[str, Tensor]]

@@ -33,7 +33,7 @@ floating-point summation order, when:
   ``loss.backward()`` path);
 * :meth:`DistributedContext.all_reduce_gradients` averages (or sums) ``.grad`` after the
   backward pass has finished. The trainer uses this one for every backward and update
-  (``training._step.AllReducedGradients`` says why: memory-bounded backprop never calls the
+  (``training._step.DataParallel`` says why: memory-bounded backprop never calls the
   model's ``forward``, the loss weighting's parameters sit outside the model, and
   asynchronous updates keep accumulated gradients in ``.grad`` that must not be reduced
   again).

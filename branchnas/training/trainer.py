@@ -477,47 +477,26 @@ def train(
     else:
         seed_everything(config.seed)
         start_epoch = 0
-    if ctx is not None:
-        # the caller may have initialised the model differently per process
-        ctx.broadcast_module(session.model)
-        ctx.broadcast_module(session.weighting)
+    # distributed: the caller may have initialised the model differently per process
+    session.sync.broadcast(session.model, session.weighting)
     if main:
         run.truncate_metrics(start_epoch)  # epochs logged after the checkpoint are trained again
     # TensorBoard (when installed): the epochs kept so far, then each new one; rank 0 only
     board = TensorBoardLog(run.path, history=run.read_metrics()) if main else None
 
-    if ctx is None:
-        drop_last = len(train_set) >= config.batch_size  # no ragged last batch (BatchNorm)
-        steps = len(train_set) // config.batch_size if drop_last else 1
-    else:  # global batches of K·b, the last incomplete one dropped (raises when n < K·b)
-        steps = len(ctx.batch_sampler(len(train_set), config.batch_size))
+    steps = session.sync.steps(len(train_set), config.batch_size)
     if config.max_train_batches is not None:
         steps = min(steps, config.max_train_batches)
     trained = start_epoch
     for epoch in range(start_epoch, config.epochs):
         if conv is not None and conv.stopped:
             break  # also on resuming a run that had stopped but not yet written `done`
-        generator = _epoch_generator(config.seed, epoch)
-        if ctx is None:
-            loader = DataLoader(
-                train_set, batch_size=config.batch_size, shuffle=True, drop_last=drop_last,
-                generator=generator, collate_fn=session.collate,
-                num_workers=config.num_workers, worker_init_fn=_seed_worker,
-                pin_memory=session.device.type == "cuda",
-            )
-        else:
-            # dropout etc. differ per rank, and a resumed epoch draws as an uninterrupted one
-            # (the checkpoint holds rank 0's RNG state only)
-            seed_everything(_rank_seed(config.seed, epoch, ctx.rank))
-            # `generator` also draws the loader's base seed first, as in one process, so
-            # the sampler sees the generator in the same state as one process's DataLoader
-            loader = DataLoader(
-                train_set, batch_sampler=ctx.batch_sampler(len(train_set), config.batch_size,
-                                                           generator),
-                generator=generator, collate_fn=session.collate,
-                num_workers=config.num_workers, worker_init_fn=_seed_worker,
-                pin_memory=session.device.type == "cuda",
-            )
+        loader = session.sync.epoch_loader(
+            train_set, config.batch_size, config.seed, epoch,
+            _epoch_generator(config.seed, epoch), collate_fn=session.collate,
+            num_workers=config.num_workers, worker_init_fn=_seed_worker,
+            pin_memory=session.device.type == "cuda",
+        )
         record: Dict[str, Any] = {"epoch": epoch + 1, **session.train_epoch(loader, epoch, steps)}
         session.sync.end_epoch(session.model)  # distributed: BatchNorm statistics averaged
         improved = False
@@ -587,8 +566,8 @@ def train(
     if board is not None:
         board.close()
     result = _on_main(ctx, finish)  # every rank returns rank 0's result
-    if ctx is not None and conv is not None:
-        ctx.broadcast_module(session.model)  # every rank ends with rank 0's restored best
+    if conv is not None:  # distributed: every rank ends with rank 0's restored best
+        session.sync.broadcast(session.model)
     return result
 
 
@@ -692,11 +671,6 @@ def _call_everywhere(ctx: Optional[ddp.DistributedContext], fn: EpochCallback,
                              f"{int(failed)} other rank(s)")
 
 
-def _rank_seed(seed: int, epoch: int, rank: int) -> int:
-    """The global RNGs' seed of one rank and epoch in distributed training."""
-    return (seed * 1_000_003 + epoch * 1009 + rank + 1) % 2**63
-
-
 class _Session:
     """The moving parts of one training run: model, weighting, and the step's strategies.
 
@@ -725,7 +699,7 @@ class _Session:
         model.to(device)
         self.weighting = create_weighting(config.weighting, self.names,
                                           **config.weighting_kwargs()).to(device)
-        self.sync = _step.make_sync(ctx)
+        self.sync = _step.make_sync(ctx, seed_everything)
         make_optimizer = _make_optimizer(config)
         if config.async_updates:
             # per-process sizes, as batch_size; the updater counts the global batch's samples
