@@ -37,7 +37,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -705,6 +705,12 @@ def run_validation(cfg: ValidationConfig) -> Dict[str, Any]:
 
     # resolved once (defaults < space < profile < tuned < command line), checked before any work
     space = study_space(cfg)
+    if getattr(space, "shared_prefix", 0) > cfg.shared_prefix:
+        # a space that always shares its first blocks (the paper's Cityscapes: block 1) is
+        # studied the same way: no tree branches there
+        log.info("validation: the space shares its first %d block(s); --shared-prefix %d raised to it",
+                 space.shared_prefix, cfg.shared_prefix)
+        cfg = replace(cfg, shared_prefix=space.shared_prefix)
     if not cfg.seeds:
         raise BranchnasError("give at least one seed (e.g. --seeds 0 1 2)")
     if cfg.random_draws < 1:
