@@ -148,8 +148,8 @@ def pareto_svg(data: Mapping[str, Any], details: Optional[Mapping[str, str]] = N
                    key=lambda p: p["params"])
     if len(front) > 1:  # a step line, as the PNG draws it
         d = f"M{sx(front[0]['params']):.1f},{sy(front[0][column]):.1f}"
-        for a, b in zip(front, front[1:]):
-            d += f" H{sx(b['params']):.1f} V{sy(b[column]):.1f}"
+        for q in front[1:]:
+            d += f" H{sx(q['params']):.1f} V{sy(q[column]):.1f}"
         parts.append(f'<path d="{d}" fill="none" stroke="black" stroke-dasharray="2,3"/>')
     path: Sequence[Tuple[float, float]] = data.get("path") or []
     if len(path) > 1:
