@@ -18,8 +18,9 @@ strategy searches the trees themselves:
   that break the budget are not taken.
 - **Iterated local search.** Best-improvement per node, sweeps until no node improves (a
   local optimum), then a seeded perturbation (a few random feasible relocations) and local
-  search again, keeping the best tree; several starts (the fully shared tree, Lu et al.'s
-  greedy grouping, and optionally the paper's beam).
+  search again, keeping the best tree; three starts by default (the fully shared tree, Lu et
+  al.'s greedy grouping, and the split beam's tree: on 40 random 6-10-task instances the third
+  start raised the optimal share from 90 % to 100 %).
 - **A certified gap.** The result carries :func:`branchnas.search.bound.lower_bound`, so the
   cost is within ``(cost - bound) / cost`` of the optimum.
 
@@ -227,8 +228,9 @@ class LocalSearch:
     Args:
         rounds: perturbation rounds after the first local optimum of each start.
         kick: random relocations per perturbation.
-        starts: where to start: "shared" (the fully shared tree), "fa" (Lu et al.'s greedy),
-            "beam" (the paper's beam search, needs scikit-learn; slower on many tasks).
+        starts: where to start: "shared" (the fully shared tree) or the best tree of a
+            heuristic strategy ("fa": Lu et al.'s greedy, "beam", "beam-split", "random");
+            a name twice starts twice (different perturbations).
         seed: seed of the perturbations.
         beam_width: the beam's n when "beam" is a start.
         time_limit: stop perturbing after this many seconds of this process's CPU time
@@ -242,8 +244,8 @@ class LocalSearch:
         patience: stop perturbing a start after this many rounds in a row without a better tree.
     """
 
-    def __init__(self, rounds: int = 200, kick: int = 2, starts: Sequence[str] = ("shared", "fa"),
-                 seed: int = 0, beam_width: int = 10, time_limit: Optional[float] = 7.0,
+    def __init__(self, rounds: int = 200, kick: int = 2,
+                 starts: Sequence[str] = ("shared", "fa", "beam-split"), seed: int = 0, beam_width: int = 10, time_limit: Optional[float] = 6.5,
                  bound: bool = True, atoms: int = 8, atom_entries: int = 300_000,
                  patience: int = 40) -> None:
         self.patience = patience
@@ -358,17 +360,20 @@ class LocalSearch:
         return moves
 
     def _starts(self, problem: SearchProblem) -> List[Tree]:
-        from . import create_strategy
+        from . import create_strategy, list_strategies, strategy_meta
 
         out: List[Tree] = []
         for name in self.starts:
             if name == "shared":
                 out.append(Tree.fully_shared(problem.tasks, problem.depth))
-            elif name in ("fa", "beam"):
-                kw = {"beam_width": self.beam_width, "seed": self.seed} if name == "beam" else {}
+            elif name in list_strategies() and not strategy_meta(name).get("many_tasks") \
+                    and not strategy_meta(name).get("exact"):
+                takes = strategy_meta(name).get("options", ())
+                kw = {k: v for k, v in (("beam_width", self.beam_width), ("seed", self.seed)) if k in takes}
                 out.extend(create_strategy(name, **kw).run(problem, 1).trees[:1])
             else:
-                raise BranchnasError(f"unknown local-search start {name!r}; choose from: shared, fa, beam")
+                raise BranchnasError(f"unknown local-search start {name!r}; choose from: shared, or a "
+                                     "heuristic strategy (fa, beam, beam-split, random)")
         return out
 
     def run(self, problem: SearchProblem, top_k: int = 1) -> StrategyOutput:
