@@ -75,6 +75,15 @@ def write_result(run_dir: Union[str, Path], result: ModelResult) -> Path:
     return run.done_path
 
 
+def _read_done(path: Path) -> Any:
+    """The JSON held by the ``done`` marker at ``path``, or a one-line error naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise BranchnasError(f"cannot read the result in {str(path)!r} ({e}); "
+                             "delete it and re-run the stage that wrote it") from None
+
+
 def read_result(run_dir: Union[str, Path]) -> ModelResult:
     """The :class:`ModelResult` stored in ``run_dir``'s ``done`` marker.
 
@@ -82,11 +91,7 @@ def read_result(run_dir: Union[str, Path]) -> ModelResult:
         BranchnasError: if the marker is missing, unreadable or holds no ModelResult.
     """
     path = RunDir(run_dir).done_path
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise BranchnasError(f"cannot read the result in {str(path)!r} ({e}); "
-                             "delete it and re-run the stage that wrote it") from None
+    data = _read_done(path)
     if not is_model_result(data):
         raise BranchnasError(f"{str(path)!r} holds no model result (a run not made by a pipeline "
                              "stage); delete it and re-run the stage")
@@ -116,14 +121,10 @@ def results_table(root: Union[str, Path], space: Optional[str] = None) -> "Any":
     for path in sorted(Path(root).rglob("done")):
         if not path.is_file():
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise BranchnasError(f"cannot read the result in {str(path)!r} ({e}); "
-                                 "delete it and re-run the stage that wrote it") from None
+        data = _read_done(path)
         if not is_model_result(data):
             continue  # a tuning trial's run, say: not a model of the comparison
-        r = read_result(path.parent)
+        r = model_result(data)
         if space is not None and r.space != space:
             continue
         row: Dict[str, Any] = {
