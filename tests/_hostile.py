@@ -3,11 +3,10 @@ in-process, and the contract every hostile input must meet."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Optional, Sequence, Set, Tuple
 
 from branchnas._resources import shipped_resource_dir
 from branchnas.cli import main

@@ -211,7 +211,7 @@ def test_force_refuses_to_remove_a_folder_that_is_no_run(tmp_path):
 
 
 def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
-    """validate's and the preview's figures draw on their own Agg canvas (no matplotlib.use)."""
+    """validate's, the Pareto plot's and the preview's figures draw on their own Agg canvas (no matplotlib.use)."""
     import matplotlib
 
     from branchnas.data import create_dataset, render_preview
@@ -226,6 +226,11 @@ def test_plots_leave_the_users_matplotlib_backend_alone(tmp_path):
         assert ax.lines and ax.figure.canvas.get_default_filetype() == "png"
         V.plot_regret({"budgets": [1000], "strategies": ["rsa"], "regret": {"rsa": [0.1]},
                        "sigma_diff": 0.2, "on": "delta_m"})
+        from branchnas.pipeline.pareto import plot_pareto
+
+        ax = plot_pareto({"column": "delta_m", "front": ["shared"], "path": [],
+                          "points": [{"model": "shared", "name": "shared", "params": 10, "delta_m": -1.0}]})
+        assert ax.figure.canvas.get_default_filetype() == "png"
         png = render_preview(create_dataset("scenes", split="val", size=2, resolution=32), 2,
                              tmp_path / "p.png")
         assert png.stat().st_size > 1000

@@ -85,15 +85,11 @@ def pareto_data(table: Any, budget_path: Optional[Sequence[Dict[str, Any]]] = No
 
 def plot_pareto(data: Dict[str, Any], ax: Any = None, title: str = "") -> Any:
     """Draw :func:`pareto_data`'s output (x: params, log scale; y: its Δm column); returns the Axes."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
+    from .._figure import agg_figure
     from ..models.baselines import model_style
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4.5))
+        ax = agg_figure(figsize=(7, 4.5)).subplots()
     column = data.get("column", "delta_m")
     seen = set()
     for p in data["points"]:
@@ -129,22 +125,19 @@ def write_pareto(table: Any, out_dir: Union[str, Path], budget_path: Optional[Se
     both Δm and an on-front flag for each)."""
     import csv
 
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from .._figure import agg_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = {c: pareto_data(table, budget_path, c) for c in DELTA_M_COLUMNS}
-    fig, axes = plt.subplots(1, len(data), figsize=(7 * len(data), 4.5), squeeze=False)
+    fig = agg_figure(figsize=(7 * len(data), 4.5))
+    axes = fig.subplots(1, len(data), squeeze=False)
     for ax, (column, d) in zip(axes[0], data.items()):
         plot_pareto(d, ax, title=f"{title} ({'primary measure' if column == 'delta_m' else 'all metrics'})"
                     if title else "")
     png = out / "pareto.png"
     fig.tight_layout()
     fig.savefig(png, dpi=120)
-    plt.close(fig)
     csv_path = out / "pareto.csv"
     fronts = {c: set(d["front"]) for c, d in data.items()}
     # every point with a primary Δm; a missing all-metrics Δm is left blank

@@ -43,12 +43,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._figure import agg_figure
 from ..errors import BranchnasError
-from ..training.rundir import atomic_write_text
-from ..tree import Tree
-from ..training.rundir import RunDir
-from .executor import ExecutorConfig
 from ..training.config import RUNTIME_FIELDS
+from ..training.rundir import RunDir, atomic_write_text
+from ..tree import Tree
+from .executor import ExecutorConfig
 from .layout import RunLayout, ValidationFiles
 from .resolve import (DEFAULT_K, DEFAULT_RANDOM_DRAWS, DEFAULT_RESULTS_DIR, DEFAULT_SPACE,
                       DEFAULT_STUDY_PROFILE, DEFAULT_STUDY_SEEDS, DEFAULT_STUDY_SHARED_PREFIX, MIN_K,
@@ -441,14 +441,6 @@ def analyse(space: Any, table: Any, seeds: Any, affinities: Mapping[str, np.ndar
 
 
 # ---------------------------------------------------------------------------- plots
-def _figure(**kw: Any) -> Any:
-    """A figure on its own Agg canvas: drawing never touches pyplot's global backend."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(**kw)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def cost_vs_delta_m_data(table: Any, measure: str, column: Optional[str] = None) -> Dict[str, Any]:
@@ -476,7 +468,7 @@ def plot_cost_vs_delta_m(data: Mapping[str, Any], ax: Any = None) -> Any:
     import matplotlib
 
     if ax is None:
-        ax = _figure(figsize=(6, 4.5)).subplots()
+        ax = agg_figure(figsize=(6, 4.5)).subplots()
     cmap = matplotlib.colormaps["viridis"]
     n = max(1, len(data["groups"]) - 1)
     for i, g in enumerate(data["groups"]):
@@ -521,7 +513,7 @@ def regret_plot_data(regret: Any, on: Optional[str] = None) -> Dict[str, Any]:
 def plot_regret(data: Mapping[str, Any], ax: Any = None) -> Any:
     """Draw :func:`regret_plot_data` as grouped bars per budget with the seed-noise band."""
     if ax is None:
-        ax = _figure(figsize=(8, 4)).subplots()
+        ax = agg_figure(figsize=(8, 4)).subplots()
     budgets, strategies = data["budgets"], data["strategies"]
     width = 0.8 / max(1, len(strategies))
     x = np.arange(len(budgets))
@@ -588,8 +580,8 @@ def learning_curves(out: PathLike, names: Sequence[str], seed: int) -> Dict[str,
 def plot_learning_curves(data: Mapping[str, Any], ax: Any = None) -> Any:
     """Draw :func:`learning_curves` (held-out score vs epoch, best epoch marked); returns the Axes."""
     if ax is None:
-        ax = _figure(figsize=(7, 4.5)).subplots()
-    for name, r in data["runs"].items():
+        ax = agg_figure(figsize=(7, 4.5)).subplots()
+    for r in data["runs"].values():
         if not r["epochs"]:
             continue
         line, = ax.plot(r["epochs"], r["score"], lw=0.8, alpha=0.7)
@@ -634,7 +626,7 @@ def write_validation(results_dir: PathLike, table: Any, seeds: Any, analysis: Ma
             df.to_csv(files.table(name), index=False, float_format="%.6g")
             written.append(files.table(name))
     measures = [c[len("cost_"):] for c in table.columns if c.startswith("cost_")]
-    fig = _figure(figsize=(6 * len(measures), 4.5))
+    fig = agg_figure(figsize=(6 * len(measures), 4.5))
     axes = fig.subplots(1, len(measures), squeeze=False)
     for ax, m in zip(axes[0], measures):
         plot_cost_vs_delta_m(cost_vs_delta_m_data(table, m), ax)
@@ -643,7 +635,7 @@ def write_validation(results_dir: PathLike, table: Any, seeds: Any, analysis: Ma
     written.append(files.cost_vs_delta_m_png)
     if analysis["regret"] is not None:
         ons = list(dict.fromkeys(analysis["regret"]["on"]))
-        fig = _figure(figsize=(9, 4 * len(ons)))
+        fig = agg_figure(figsize=(9, 4 * len(ons)))
         axes = fig.subplots(len(ons), 1, squeeze=False)
         for ax, on in zip(axes[:, 0], ons):
             plot_regret(regret_plot_data(analysis["regret"], on), ax)
@@ -651,7 +643,7 @@ def write_validation(results_dir: PathLike, table: Any, seeds: Any, analysis: Ma
         fig.savefig(files.regret_png, dpi=120)
         written.append(files.regret_png)
     if analysis.get("curves") and analysis["curves"]["runs"]:
-        fig = _figure(figsize=(8, 4.5))
+        fig = agg_figure(figsize=(8, 4.5))
         plot_learning_curves(analysis["curves"], fig.subplots())
         fig.tight_layout()
         curves_png = files.root / "learning_curves.png"
