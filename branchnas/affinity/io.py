@@ -123,16 +123,12 @@ def check_affinity(affinity: Any, tasks: Sequence[Any], locations: Sequence[Any]
     if len(locs_t) != d:
         raise BranchnasError(f"{where}: affinity is {d}x{n}x{n} but {len(locs_t)} location names are given; "
                              "give one name per location")
-    if not np.isfinite(arr).all():
-        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-        raise BranchnasError(f"{where}: affinity has a non-finite value at location {locs_t[idx[0]]!r} "
-                             f"({tasks_t[idx[1]]}, {tasks_t[idx[2]]}); recompute it")
-    asym = np.abs(arr - arr.transpose(0, 2, 1))
-    if asym.max() > TOLERANCE:
-        idx = np.unravel_index(int(asym.argmax()), asym.shape)
-        raise BranchnasError(f"{where}: affinity is not symmetric at location {locs_t[idx[0]]!r} "
-                             f"({tasks_t[idx[1]]} vs {tasks_t[idx[2]]}, off by {asym.max():.3g}); "
-                             "symmetrise it, e.g. (A + A^T) / 2")
+    from ..search import validate_affinity  # the search's own check: finite and symmetric
+
+    try:
+        validate_affinity(arr, tasks_t, atol=TOLERANCE, locations=locs_t)
+    except BranchnasError as e:
+        raise BranchnasError(f"{where}: {e}") from None
     diag = np.abs(np.diagonal(arr, axis1=1, axis2=2) - 1.0)
     if diag.max() > TOLERANCE:
         dd, ii = np.unravel_index(int(diag.argmax()), diag.shape)

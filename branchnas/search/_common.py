@@ -208,8 +208,18 @@ def _non_negative_int(value: Any, name: str) -> int:
     return v
 
 
-def validate_affinity(affinity: Any, tasks: Sequence[str], atol: float = 1e-6) -> np.ndarray:
+def validate_affinity(affinity: Any, tasks: Sequence[str], atol: float = 1e-6,
+                      locations: Optional[Sequence[str]] = None) -> np.ndarray:
     """Check an affinity tensor against the task list and return it as float64.
+
+    The one check of shape, finiteness and symmetry; :func:`branchnas.affinity.check_affinity`
+    adds what a stored file must also satisfy (names, unit diagonal, values in [-1, 1]).
+
+    Args:
+        affinity: array-like ``(D, N, N)``.
+        tasks: the N task names.
+        atol: tolerance of the symmetry check.
+        locations: D location names for the messages; locations are numbered from 1 without.
 
     Raises:
         BranchnasError: wrong shape, non-finite values, or not symmetric (within ``atol``).
@@ -224,19 +234,23 @@ def validate_affinity(affinity: Any, tasks: Sequence[str], atol: float = 1e-6) -
             f"affinity has shape {a.shape} but {n} tasks need (D, {n}, {n}) with D >= 1; "
             "use the affinity computed for exactly these tasks"
         )
+
+    def where(d: int) -> str:
+        return repr(str(locations[d])) if locations is not None else str(d + 1)
+
     bad = ~np.isfinite(a)
     if bad.any():
         d, i, j = (int(x) for x in np.argwhere(bad)[0])
         raise BranchnasError(
-            f"affinity has {int(bad.sum())} non-finite values (first at location {d + 1}, "
-            f"tasks {tasks[i]!r}, {tasks[j]!r}); recompute it or replace them"
+            f"affinity has a non-finite value at location {where(d)} ({tasks[i]}, {tasks[j]}; "
+            f"{int(bad.sum())} in all); recompute it or replace them"
         )
     asym = np.abs(a - a.transpose(0, 2, 1))
     if asym.max() > atol:
         d, i, j = (int(x) for x in np.unravel_index(int(asym.argmax()), asym.shape))
         raise BranchnasError(
-            f"affinity is not symmetric (location {d + 1}, tasks {tasks[i]!r} and {tasks[j]!r} "
-            f"differ by {asym.max():.3g}); symmetrize it, e.g. (A + A.transpose(0, 2, 1)) / 2"
+            f"affinity is not symmetric at location {where(d)} ({tasks[i]} vs {tasks[j]}, off by "
+            f"{asym.max():.3g}); symmetrise it, e.g. (A + A.transpose(0, 2, 1)) / 2"
         )
     return a
 
