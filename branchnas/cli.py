@@ -227,8 +227,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         from .pipeline.layout import RunLayout, default_out
         from .search.frontier import frontier_plot_data, write_frontier_plot
 
-        plot = Path(args.plot) if args.plot else Path(RunLayout(args.runs or default_out(
-            report.space_name or "search")).plots) / f"frontier-{report.result.budget_kind}.png"
+        plot = Path(args.plot) if args.plot else RunLayout(args.runs or default_out(
+            report.space_name or "search")).frontier_png(report.result.budget_kind)
         data = frontier_plot_data(report.frontier, report.result.budget, report.result.budget_kind,
                                   chosen=report.chosen)
         written.append(write_frontier_plot(data, plot, title=f"{report.space_name or 'search'}: "

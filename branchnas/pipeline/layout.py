@@ -145,6 +145,10 @@ class RunLayout:
     report_html = _File("report.html", "the self-contained report")
     report_md = _File("report.md", "the report as markdown")
 
+    def frontier_png(self, kind: str) -> Path:
+        """``plots/frontier-<kind>.png``: ``search --frontier``'s cost vs params (or FLOPs) plot."""
+        return self.root / "plots" / f"frontier-{kind}.png"
+
     def search_tree(self, name: str) -> Path:
         """``search/<name>.json``: a picked tree (Tree JSON)."""
         return self.root / "search" / f"{name}.json"

@@ -75,7 +75,7 @@ LAYERS: Tuple[str, ...] = ("defaults", "search space", "profile", "tuned setting
 
 DEFAULT_SPACE = "scenes"  # the embedded benchmark
 DEFAULT_PROFILE = "full"  # the space's own settings
-DEFAULT_STRATEGY = "auto"  # exhaustive while small, exact up to 10 tasks, beam beyond
+DEFAULT_STRATEGY = "auto"  # an exact strategy where it finishes in seconds, local search beyond
 DEFAULT_MEASURE = "rsa"  # the paper's affinity
 DEFAULT_K = 500  # held-out images for the affinity (the paper's K)
 DEFAULT_BUDGET_COUNT = 3  # budgets evenly spaced between fully shared and all separate

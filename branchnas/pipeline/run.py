@@ -45,7 +45,7 @@ class PipelineConfig:
     profile: str = DEFAULT_PROFILE  # a key of PROFILES
     tasks: Optional[List[str]] = None  # a subset of the space's tasks (default: all)
     budgets: Optional[List[str]] = None  # parameter budgets ("1.2M", ...); default: evenly spaced
-    strategy: str = DEFAULT_STRATEGY  # search strategy; auto = exhaustive while small, exact up to 10 tasks, beam beyond
+    strategy: str = DEFAULT_STRATEGY  # search strategy; auto = an exact strategy where it finishes in seconds, local search beyond
     measure: str = DEFAULT_MEASURE  # affinity measure
     k: Optional[int] = None  # held-out images for affinity (default: the profile's)
     baselines: Optional[List[str]] = None  # default: the profile's

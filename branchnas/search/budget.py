@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import BranchnasError
-from ..tree import Tree
 from ._common import ScoredTree, SearchProblem, make_problem
 
 __all__ = ["PathPoint", "budget_path", "format_budget", "parse_budget"]

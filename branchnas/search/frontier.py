@@ -171,13 +171,10 @@ def frontier_plot_data(points: Sequence[ScoredTree], budget: Optional[int] = Non
 
 def draw_frontier(data: Dict[str, Any], ax: Any = None, title: Optional[str] = None) -> Any:
     """Draw the frontier (cost vs resource, steps), the budget line and the chosen tree."""
-    import matplotlib
-
     if ax is None:
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from .._figure import agg_figure
 
-        _, ax = plt.subplots(figsize=(6, 4))
+        ax = agg_figure(figsize=(6, 4)).subplots()
     x, y = data["resource"], data["cost"]
     ax.step(x, y, where="post", color="0.6", lw=1)
     ax.plot(x, y, "o", color="tab:blue", ms=4, label="frontier trees")
@@ -196,17 +193,15 @@ def draw_frontier(data: Dict[str, Any], ax: Any = None, title: Optional[str] = N
 
 def write_frontier_plot(data: Dict[str, Any], path: Union[str, "Any"], title: Optional[str] = None) -> str:
     """Draw :func:`draw_frontier` into a new figure and save it as ``path`` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from pathlib import Path
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from .._figure import agg_figure
+
+    fig = agg_figure(figsize=(6, 4))
+    ax = fig.subplots()
     draw_frontier(data, ax, title)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     return str(out)

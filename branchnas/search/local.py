@@ -293,7 +293,7 @@ class LocalSearch:
         the cost went down.
         """
         from ._common import make_problem
-        from ._partitions import partition_table, subset_max_table
+        from ._partitions import subset_max_table
         from .exact import ExactSolver, estimate_entries
 
         p = st.p
