@@ -270,7 +270,7 @@ def test_registry_lists_measures_and_their_inputs():
 def test_registry_errors_name_the_choices():
     with pytest.raises(BranchnasError, match=r"unknown affinity measure 'rdm'; choose one of: .*cka, fa, rsa"):
         create_measure("rdm")
-    with pytest.raises(BranchnasError, match=r"'fa' takes no option 'chunk_bytes'; its options are: device"):
+    with pytest.raises(BranchnasError, match=r"'fa' does not take 'chunk_bytes'; it takes: device"):
         create_measure("fa", chunk_bytes=10)
     with pytest.raises(BranchnasError, match=r"'rsa' is already registered"):
         register_measure("rsa")(get_measure("cka"))
@@ -413,3 +413,21 @@ def test_compute_affinity_clips_k_and_reports_bad_setups(caplog):
         compute_affinity(models, data, TASKS, device=CPU, measure="fa")
     with pytest.raises(BranchnasError, match=r"affinity needs at least 3"):
         compute_affinity(models, data[:2], TASKS, device=CPU)
+
+
+@pytest.mark.parametrize("name", list_measures())
+def test_every_registered_measure_gives_a_valid_affinity_tensor(name):
+    """Contract over the measure registry: (D, N, N), finite, symmetric, unit diagonal, in [-1, 1]."""
+    rng = np.random.default_rng(0)
+    measure = create_measure(name)
+    k, tasks, depth = 24, ["a", "b", "c"], 2
+    if measure.needs == "losses":
+        inputs = {t: [rng.random(k) for _ in range(depth)] for t in tasks}
+    else:
+        inputs = {t: [rng.normal(size=(k, 3, 2, 2)) for _ in range(depth)] for t in tasks}
+    a = np.asarray(measure(inputs))
+    assert a.shape == (depth, len(tasks), len(tasks))
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a, a.transpose(0, 2, 1), atol=1e-9)
+    np.testing.assert_allclose(np.diagonal(a, axis1=1, axis2=2), 1.0, atol=1e-9)
+    assert np.abs(a).max() <= 1.0 + 1e-9

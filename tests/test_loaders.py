@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from branchnas.data import create_dataset
+from branchnas.data import create_dataset, list_datasets
 from branchnas.data.partial import collate
 from branchnas.errors import BranchnasError
 
@@ -338,3 +338,39 @@ def test_taskonomy_errors(tmp_path):
         create_dataset("taskonomy", root=tmp_path, buildings=["cosmos"])
     with pytest.raises(BranchnasError, match="edge_threshold"):
         create_dataset("taskonomy", root=tmp_path, buildings=["allensville"], edge_threshold=2)
+
+
+# ------------------------------------------------------------------- registry contract
+def _rooted(write):
+    """A fixture writer for a dataset read from ``root`` (the writer's return value is unused)."""
+    def fixture(root):
+        write(root)
+        return {"root": root}
+    return fixture
+
+
+# every registered dataset: how to put a tiny copy in its exact on-disk format under a root
+FIXTURES = {
+    "nyuv2": _rooted(_write_nyuv2),
+    "cityscapes": _rooted(_write_cityscapes),
+    "celeba": _rooted(_write_celeba),
+    "taskonomy": _rooted(_write_taskonomy),
+    "scenes": lambda root: {"size": 3, "resolution": (32, 32)},  # rendered, cached under BRANCHNAS_CACHE
+}
+
+
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_registered_dataset_yields_items_in_the_documented_form(name, tmp_path, monkeypatch):
+    """Contract over the dataset registry; a new dataset fails here until it has a fixture."""
+    assert name in FIXTURES, f"dataset {name!r} has no on-disk fixture in tests/test_loaders.py"
+    monkeypatch.setenv("BRANCHNAS_CACHE", str(tmp_path / "cache"))
+    ds = create_dataset(name, split="train", **FIXTURES[name](tmp_path))
+    assert len(ds) > 0
+    items = [ds[i] for i in range(min(2, len(ds)))]
+    for item in items:
+        image = item["image"]
+        assert image.dtype == torch.float32 and image.ndim == 3 and image.shape[0] == 3
+        assert torch.isfinite(image).all()
+        assert set(item["present"]) == set(item["labels"]) and set(item["labels"]) <= set(ds.tasks)
+    batch = collate(items)
+    assert batch["image"].shape[0] == len(items)

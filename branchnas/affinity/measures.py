@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import abc
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, ClassVar
 
@@ -196,12 +195,4 @@ def create_measure(name: str, **options: Any) -> AffinityMeasure:
     Raises:
         BranchnasError: for an unknown name or an option the measure does not take.
     """
-    cls = get_measure(name)
-    params: dict[str, inspect.Parameter] = dict(inspect.signature(cls).parameters)
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        raise BranchnasError(
-            f"affinity measure {name!r} takes no option {', '.join(map(repr, unknown))}; "
-            f"its options are: {', '.join(params) or 'none'}"
-        )
-    return cls(**options)
+    return _MEASURES.create(name, **options)
