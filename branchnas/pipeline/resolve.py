@@ -124,10 +124,9 @@ PROFILES: Dict[str, Dict[str, Any]] = {
               "dataset": {"size": 1000, "resolution": [32, 32]}, "input_size": [32, 32],
               "training": {"epochs": 20, "patience": 3, "batch_size": 32, "eval_batch_size": 128},
               "k": 200},
-    # reduced, for 2 CPU cores (results/validation/study-cpu/ holds it; ~40 CPU-s per tree run):
-    #   branchnas validate --profile study-cpu --shared-prefix 3 --seeds 0 1 2 --noise-trees all --jobs 2
-    # (3 dense tasks, the 5 trees branching at block 4, 3 seeds each; --shared-prefix 1 gives
-    # the 22 trees over blocks 2-4, ~30 CPU-minutes per seed).
+    # reduced, for 2 CPU cores (~40 CPU-s per tree run): 3 dense tasks; --shared-prefix 1 gives the
+    # 22 trees over blocks 2-4 (results/validation/study-cpu-prefix1/: 38 runs, 16 min on 2 cores),
+    # --shared-prefix 3 the 5 trees branching at block 4 (results/validation/study-cpu/).
     "study-cpu": {"tasks": ["semseg", "depth", "normals"],
                   "dataset": {"size": 640, "resolution": [32, 32]}, "input_size": [32, 32],
                   "training": {"epochs": 15, "patience": 3, "batch_size": 32, "eval_batch_size": 128,
