@@ -22,6 +22,8 @@ from branchnas.search.beam import spectral_split
 from branchnas.search.greedy import best_coarsening
 from branchnas.tree import Tree
 
+from _search_instances import names, random_affinity
+
 
 # ---------------------------------------------------------------------- independent brute force
 def brute_partitions(n):
@@ -62,19 +64,6 @@ def brute_cost(chain, affinity):
             s += worst
         total += s / len(part)
     return total
-
-
-def random_affinity(n, depth, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, size=(depth, n, n))
-    a = (x + x.transpose(0, 2, 1)) / 2
-    for d in range(depth):
-        np.fill_diagonal(a[d], 1.0)
-    return a
-
-
-def names(n):
-    return [f"t{i}" for i in range(n)]
 
 
 # ---------------------------------------------------------------------- counting / enumeration

@@ -19,18 +19,7 @@ from branchnas.search.frontier import frontier, frontier_plot_data, list_rules, 
 from branchnas.search.local import TreeState, _start_labels
 from branchnas.tree import Tree
 
-
-def random_affinity(n, depth, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, size=(depth, n, n))
-    a = (x + x.transpose(0, 2, 1)) / 2
-    for d in range(depth):
-        np.fill_diagonal(a[d], 1.0)
-    return a
-
-
-def names(n):
-    return [f"t{i}" for i in range(n)]
+from _search_instances import names, random_affinity
 
 
 def brute_scored(a, bp, fixed=0, prefix=0):
