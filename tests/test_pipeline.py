@@ -138,3 +138,42 @@ def test_every_baseline_lands_in_the_pareto_plot(tmp_path):
     assert main(["run", "--out", str(out), *args]) == 0
     names = {row["model"] for row in csv.DictReader(open(out / "plots" / "pareto.csv"))}
     assert names == {"single", "tree", "shared", "cross_stitch", "mtan", "nddr"}
+
+
+def test_jobs_are_submitted_as_soon_as_their_inputs_exist(tmp_path, monkeypatch):
+    """Cross-stitch (started from the single-task nets) is sent before the affinity is computed,
+    the trees once the search picked them, largest first, and the from-scratch baseline last."""
+    from branchnas.pipeline import run as run_module
+    from branchnas.pipeline.executor import ExecutorConfig, LocalExecutor
+
+    events = []
+
+    class Recording(LocalExecutor):
+        def _submit(self, spec):
+            p = spec["params"]
+            label = {"train_single": lambda: f"single:{p['task']}",
+                     "train_tree": lambda: f"tree:{p['name']}",
+                     "train_baseline": lambda: f"baseline:{p['name']}"}[spec["kind"]]()
+            events.append(label)
+            return super()._submit(spec)
+
+    real_affinity = run_module.affinity_stage
+
+    def recorded_affinity(*args, **kwargs):
+        events.append("affinity")
+        return real_affinity(*args, **kwargs)
+
+    monkeypatch.setattr(ExecutorConfig, "create", lambda self: Recording())
+    monkeypatch.setattr(run_module, "affinity_stage", recorded_affinity)
+    args = [a for a in ARGS]
+    args[args.index("--budgets") + 1] = "0.6M,0.9M"
+    args[args.index("--baselines") + 1:args.index("--baselines") + 2] = ["shared", "cross_stitch"]
+    assert main(["run", "--out", str(tmp_path / "run"), *args]) == 0
+    assert events[:3] == ["single:semseg", "single:depth", "baseline:cross_stitch"]
+    assert events[3] == "affinity"
+    trees = [e for e in events if e.startswith("tree:")]
+    assert events[4:4 + len(trees)] == trees and events[-1] == "baseline:shared"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    by_name = {r["run"]: r["params"] for r in summary["recommended"]}
+    sizes = [by_name[t.split(":", 1)[1]] for t in trees]
+    assert sizes == sorted(sizes, reverse=True)

@@ -49,6 +49,9 @@ __all__ = [
     "executor_info",
     "create_executor",
     "run_all",
+    "submit_all",
+    "gather",
+    "abandon",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,39 @@ class Executor(abc.ABC):
         self.shutdown()
 
 
+def submit_all(executor: Executor, jobs: Sequence[JobSpec]) -> List["Future[Dict[str, Any]]"]:
+    """Submit every job; their futures, in the jobs' order (collect them with :func:`gather`)."""
+    return [executor.submit(j) for j in jobs]
+
+
+def gather(futures: Sequence["Future[Dict[str, Any]]"],
+           in_flight: Sequence["Future[Dict[str, Any]]"] = ()) -> List[Dict[str, Any]]:
+    """Wait for ``futures``; their results, in order.
+
+    Args:
+        futures: the jobs to wait for.
+        in_flight: other jobs submitted meanwhile; on an error they are cancelled or waited
+            for too, so no run directory is left half-written by the caller.
+
+    Raises:
+        Exception: the first job error (after every job above has stopped or finished).
+    """
+    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+    failed = [f for f in futures if f in finished and f.exception() is not None]
+    if failed:
+        abandon(list(futures) + list(in_flight))
+        raise failed[0].exception()  # type: ignore[misc]
+    return [f.result() for f in futures]
+
+
+def abandon(futures: Sequence["Future[Dict[str, Any]]"]) -> None:
+    """Cancel the jobs not started yet and wait for the running ones (a driver's error path:
+    nothing it submitted is left writing once it has raised)."""
+    for f in futures:
+        f.cancel()
+    wait(futures)
+
+
 def run_all(executor: Executor, jobs: Sequence[JobSpec]) -> List[Dict[str, Any]]:
     """Submit every job and wait; the results in the jobs' order.
 
@@ -108,15 +144,7 @@ def run_all(executor: Executor, jobs: Sequence[JobSpec]) -> List[Dict[str, Any]]
         Exception: the first job error (after the jobs still running have stopped or finished,
             so no run directory is left half-written by this call).
     """
-    futures = [executor.submit(j) for j in jobs]
-    finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-    failed = [f for f in futures if f in finished and f.exception() is not None]
-    if failed:
-        for f in futures:
-            f.cancel()
-        wait(futures)
-        raise failed[0].exception()  # type: ignore[misc]
-    return [f.result() for f in futures]
+    return gather(submit_all(executor, jobs))
 
 
 # ----------------------------------------------------------------------------- local

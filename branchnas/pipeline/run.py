@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional
 from ..training import TrainConfig
 from ..training.rundir import atomic_write_text
 from .affinity import affinity_stage
-from .executor import ExecutorConfig, run_all
+from .executor import ExecutorConfig, abandon, gather, run_all, submit_all
 from .executors import baseline_job, single_job, tree_job
 from .pareto import write_pareto
 from .results import ModelResult, model_result, results_table
@@ -81,6 +81,39 @@ def _check_done_runs(spec: Any, format_budget: Any) -> None:
         check_reusable(run_dir, config)
 
 
+def _affinity_and_search(spec: Any, cfg: PipelineConfig, config: TrainConfig, stage: Any,
+                         config_for: Any) -> Any:
+    """The affinity, the search per budget and the recommended trees' run settings:
+    ``(affinity path, picks, {tree: run})``."""
+    from ..search import format_budget
+    from .recommend import recommend
+
+    space, layout, out, budgets, k = spec.space, spec.layout, spec.out, spec.budgets, spec.k
+    stage(f"affinity ({cfg.measure}, K={k})")
+    aff_path = affinity_stage(space, out, config, measure=cfg.measure, k=k, device=cfg.device)
+
+    stage(f"search for {len(budgets)} budget(s)")
+    picks: List[Dict[str, Any]] = []
+    for b in budgets:
+        rec = recommend(space=space, affinity=aff_path, budget=b, strategy=cfg.strategy, top_k=1)
+        best = rec.result.best
+        picks.append({"budget": b, "tree": best.tree, "cost": best.cost, "params": best.params,
+                      "flops": best.flops, "note": rec.result.note, "strategy": rec.result.strategy})
+    _write_json(layout.search_json, [{**p, "tree": p["tree"].to_json()} for p in picks])
+
+    # One run per distinct tree (two budgets may pick the same), its tree file beside it.
+    runs: Dict[Any, Dict[str, Any]] = {}
+    for p in picks:
+        if p["tree"] not in runs:
+            name = _tree_run_name(p["budget"], format_budget)
+            tree_file = layout.search_tree(name)
+            tree_file.parent.mkdir(exist_ok=True)
+            p["tree"].save(tree_file)
+            runs[p["tree"]] = {"name": name, "config": config_for(f"tree:{tree_file}"),
+                               "extra": {"budget": p["budget"], "cost": p["cost"], "strategy": p["strategy"]}}
+    return aff_path, picks, runs
+
+
 def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     """Run every stage; returns the summary (also written to ``<out>/summary.json``).
 
@@ -88,7 +121,6 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
         BranchnasError: for bad settings (unknown space, profile, budget, baseline, ...).
     """
     from ..search import format_budget
-    from .recommend import recommend
 
     spec = resolve_pipeline(cfg)  # every option checked before any work starts
     space, layout, out = spec.space, spec.layout, spec.out
@@ -119,42 +151,41 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     # after the last training job; on an error the process's exit releases its workers.)
     executor = cfg.executor.create()
 
+    # Each job is submitted as soon as its inputs exist, larger models first, so that the
+    # workers are not left idle at a stage boundary or behind one long job at the end: the
+    # baselines started from the single-task networks (cross-stitch, NDDR-CNN) go out as soon
+    # as those are done, the trees once the search has picked them, and the baselines trained
+    # from scratch (whose Δm reference, the single-task networks, must be done) last.
+    from ..models.baselines import baseline_meta, baseline_params
+
     stage(f"single-task networks for {len(space.task_names)} tasks")
     done = run_all(executor, [single_job(space, t, config_for(f"single:{t}"), out, cfg.device)
                               for t in space.task_names])
     singles = {t: model_result(r) for t, r in zip(space.task_names, done)}
 
-    stage(f"affinity ({cfg.measure}, K={k})")
-    aff_path = affinity_stage(space, out, config, measure=cfg.measure, k=k, device=cfg.device)
+    def by_size(names: List[str]) -> List[str]:
+        return sorted(names, key=lambda n: -baseline_params(n, space))
 
-    stage(f"search for {len(budgets)} budget(s)")
-    picks: List[Dict[str, Any]] = []
-    for b in budgets:
-        rec = recommend(space=space, affinity=aff_path, budget=b, strategy=cfg.strategy, top_k=1)
-        best = rec.result.best
-        picks.append({"budget": b, "tree": best.tree, "cost": best.cost, "params": best.params,
-                      "flops": best.flops, "note": rec.result.note, "strategy": rec.result.strategy})
-    _write_json(layout.search_json, [{**p, "tree": p["tree"].to_json()} for p in picks])
+    from_singles = by_size([n for n in baselines if baseline_meta(n).get("init_from_single")])
+    base_futures = dict(zip(from_singles, submit_all(
+        executor, [baseline_job(space, n, config_for(n), out, cfg.device) for n in from_singles])))
 
-    # One run per distinct tree (two budgets may pick the same), its tree file beside it.
-    runs: Dict[Any, Dict[str, Any]] = {}
-    for p in picks:
-        if p["tree"] not in runs:
-            name = _tree_run_name(p["budget"], format_budget)
-            tree_file = layout.search_tree(name)
-            tree_file.parent.mkdir(exist_ok=True)
-            p["tree"].save(tree_file)
-            runs[p["tree"]] = {"name": name, "config": config_for(f"tree:{tree_file}"),
-                               "extra": {"budget": p["budget"], "cost": p["cost"], "strategy": p["strategy"]}}
+    try:
+        aff_path, picks, runs = _affinity_and_search(spec, cfg, config, stage, config_for)
+    except BaseException:
+        abandon(list(base_futures.values()))  # the baselines in flight end before this raises
+        raise
     for p in picks:
         stage(f"tree for budget {format_budget(p['budget'])}: {runs[p['tree']]['name']}")
     for name in baselines:
         stage(f"baseline {name}")
-    # the trees and the baselines are independent jobs: all in flight at once
-    trees = list(runs)
-    done = run_all(executor, [tree_job(space, t, runs[t]["name"], runs[t]["config"], out, cfg.device,
-                                       runs[t]["extra"]) for t in trees]
-                   + [baseline_job(space, n, config_for(n), out, cfg.device) for n in baselines])
+    trees = sorted(runs, key=lambda t: -space.tree_params(t))
+    tree_futures = submit_all(executor, [tree_job(space, t, runs[t]["name"], runs[t]["config"], out,
+                                                  cfg.device, runs[t]["extra"]) for t in trees])
+    rest = by_size([n for n in baselines if n not in base_futures])
+    base_futures.update(zip(rest, submit_all(
+        executor, [baseline_job(space, n, config_for(n), out, cfg.device) for n in rest])))
+    done = gather(tree_futures + [base_futures[n] for n in baselines])
     trained: Dict[Any, ModelResult] = {t: model_result(r) for t, r in zip(trees, done)}
     for p in picks:
         p["result"] = trained[p["tree"]]
