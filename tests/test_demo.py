@@ -4,7 +4,6 @@ profile end to end (slow: about 5 minutes on 2 cores; run with
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,13 +116,10 @@ def test_demo_profile_end_to_end(tmp_path, monkeypatch, capsys):
 
     table = results_table(out)
     singles = table[table["model"] == "single"]
-    # stopped by the rule; measured: normals still gains <1 % per epoch at the cap of 15
-    # (mean angle 16.6°), the others plateau after 9-13 epochs
-    assert (singles["extra.stop_reason"] == "plateau").sum() >= len(singles) - 1
-    for _, row in singles[singles["extra.stop_reason"] != "plateau"].iterrows():
-        curve = [json.loads(line)["holdout_score"]
-                 for line in (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-        assert curve[-1] - max(curve[:-1]) < 2.0, (row["name"], curve)  # Δm points vs epoch 1
+    # every single-task network stopped by the rule, none by the cap (measured: normals, the
+    # slowest, stops after 27 of at most 30 epochs; the others after 8-12)
+    assert (singles["extra.stop_reason"] == "plateau").all(), singles["extra.stop_reason"]
+    assert (singles["extra.epochs"] < singles["extra.max_epochs"]).all()
     assert float(singles["scene/top1"].dropna().iloc[0]) >= 90.0
     for col in ("extra.epochs", "extra.images_seen", "extra.seconds"):
         assert table[col].notna().all(), col
