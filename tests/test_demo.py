@@ -58,14 +58,16 @@ def test_structure_reads_an_affinity_file(tmp_path):
 
 
 def test_reading_notes_say_what_delta_m_is_on_and_what_baselines_got():
-    lines = reading_notes({"semseg": "miou", "scene": "top1"},
+    lines = reading_notes({"semseg": "miou", "depth": "abs_err", "scene": "top1"},
                           {"cross_stitch": {"optimizer": "sgd", "init": "the single-task networks",
                                             "epochs": 4, "stop_reason": "plateau"}},
                           {"semseg": {"miou": 36.2, "epochs": 14, "stop_reason": "plateau"},
+                           "depth": {"abs_err": 0.5735, "epochs": 10, "stop_reason": "plateau"},
                            "scene": {"top1": 98.6, "epochs": 9, "stop_reason": "plateau"}})
     text = "\n".join(lines)
     assert "semseg: miou" in text and "scene: top1" in text and "Δm all" in text
     assert "semseg miou 36.2 (14 ep, plateau)" in text
+    assert "depth abs_err 0.574 (10 ep, plateau)" in text  # three significant digits, not 0.6
     assert "cross_stitch: sgd, from the single-task networks, 4 ep, plateau" in text
 
 

@@ -100,7 +100,7 @@ def reading_notes(primary: Mapping[str, str], baselines: Mapping[str, Mapping[st
     single_bits = []
     for t, s in singles.items():
         value = s.get(primary.get(t, ""))
-        bit = f"{t} {primary.get(t, '')} {value:.1f}" if isinstance(value, (int, float)) else t
+        bit = f"{t} {primary.get(t, '')} {value:.3g}" if isinstance(value, (int, float)) else t
         if s.get("epochs") is not None:
             bit += f" ({s['epochs']} ep, {s.get('stop_reason') or 'stopped'})"
         single_bits.append(bit)
