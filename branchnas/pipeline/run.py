@@ -151,11 +151,11 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     # after the last training job; on an error the process's exit releases its workers.)
     executor = cfg.executor.create()
 
-    # Each job is submitted as soon as its inputs exist, larger models first, so that the
-    # workers are not left idle at a stage boundary or behind one long job at the end: the
-    # baselines started from the single-task networks (cross-stitch, NDDR-CNN) go out as soon
-    # as those are done, the trees once the search has picked them, and the baselines trained
-    # from scratch (whose Δm reference, the single-task networks, must be done) last.
+    # Every job needs the single-task networks done (they are its Δm reference). After them each
+    # job is submitted as soon as its inputs exist, larger models first, so the workers are not
+    # left idle while the affinity and the search run, nor behind one long job at the end: the
+    # baselines started from the single-task networks (cross-stitch, NDDR-CNN) at once, then
+    # the trees the search picked, then the baselines trained from scratch.
     from ..models.baselines import baseline_meta, baseline_params
 
     stage(f"single-task networks for {len(space.task_names)} tasks")
@@ -172,7 +172,7 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
 
     try:
         aff_path, picks, runs = _affinity_and_search(spec, cfg, config, stage, config_for)
-    except BaseException:
+    except Exception:  # (Ctrl-C reaches the workers too: their jobs checkpoint and stop)
         abandon(list(base_futures.values()))  # the baselines in flight end before this raises
         raise
     for p in picks:
