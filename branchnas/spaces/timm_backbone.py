@@ -79,6 +79,30 @@ def import_timm() -> Any:
     return timm
 
 
+def _read_weights(path: str) -> Dict[str, Any]:
+    """The state dict of a weights file, read without running code: ``.safetensors`` with
+    safetensors, anything else with ``torch.load(weights_only=True)``. (Not left to timm: its
+    file loader used the full unpickler before 1.0.2x, and setup.cfg allows timm 0.9.)
+
+    A training checkpoint's weights are taken from the key timm's ``load_state_dict`` takes
+    them from (EMA first), and a ``module.`` prefix is stripped as it strips it.
+    """
+    from timm.models import clean_state_dict
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        checkpoint: Any = load_file(path, device="cpu")
+    else:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, dict):
+        for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+            if checkpoint.get(key) is not None:
+                checkpoint = checkpoint[key]
+                break
+    return clean_state_dict(checkpoint)
+
+
 def _file_errors() -> Tuple[type, ...]:
     """Exceptions reading a weights file can raise (unpickling refused, truncated, corrupt)."""
     errors: List[type] = [pickle.UnpicklingError, EOFError, OSError]
@@ -426,16 +450,16 @@ class TimmBackbone(Backbone):
         return False
 
     def _load(self, path: str) -> nn.Module:
-        """The full model with the weights of ``path``, via timm's loader.
-
-        timm reads ``.safetensors`` with safetensors and anything else with
-        ``torch.load(weights_only=True)``, so a file that would run code is refused.
+        """The full model with the weights of ``path``: read by :func:`_read_weights` (so a
+        file that would run code is refused), then loaded by timm (its key remapping and
+        head handling, as for a file it had read itself).
         """
         timm = import_timm()
         try:
+            state_dict = _read_weights(path)
             with torch.device("cpu"):
                 return timm.create_model(
-                    self.model, pretrained=True, pretrained_cfg_overlay={"file": path},
+                    self.model, pretrained=True, pretrained_cfg_overlay={"state_dict": state_dict},
                     **self._kwargs,
                 )
         except (RuntimeError, ValueError, KeyError) + _file_errors() as e:

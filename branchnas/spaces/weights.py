@@ -16,7 +16,7 @@ A file that is not there is downloaded into that cache when the machine is onlin
 ``HF_HUB_OFFLINE`` is not set); otherwise :func:`locate_timm_weights` /
 :func:`locate_torchvision_weights` raise a one-line :class:`BranchnasError` naming the file
 and where to put it. Nothing here unpickles: the files are loaded later with safetensors or
-``torch.load(weights_only=True)`` (timm's loader; see :mod:`branchnas.spaces.timm_backbone`).
+``torch.load(weights_only=True)`` (``timm_backbone._read_weights``, before timm sees them).
 Accounting never needs these files (it measures blocks on the meta device).
 """
 
