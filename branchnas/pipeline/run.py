@@ -81,8 +81,7 @@ def _check_done_runs(spec: Any, format_budget: Any) -> None:
         check_reusable(run_dir, config)
 
 
-def _affinity_and_search(spec: Any, cfg: PipelineConfig, config: TrainConfig, stage: Any,
-                         config_for: Any) -> Any:
+def _affinity_and_search(spec: Any, cfg: PipelineConfig, stage: Any) -> Any:
     """The affinity, the search per budget and the recommended trees' run settings:
     ``(affinity path, picks, {tree: run})``."""
     from ..search import format_budget
@@ -90,7 +89,8 @@ def _affinity_and_search(spec: Any, cfg: PipelineConfig, config: TrainConfig, st
 
     space, layout, out, budgets, k = spec.space, spec.layout, spec.out, spec.budgets, spec.k
     stage(f"affinity ({cfg.measure}, K={k})")
-    aff_path = affinity_stage(space, out, config, measure=cfg.measure, k=k, device=cfg.device)
+    aff_path = affinity_stage(space, out, spec.train_config(), measure=cfg.measure, k=k,
+                              device=cfg.device)
 
     stage(f"search for {len(budgets)} budget(s)")
     picks: List[Dict[str, Any]] = []
@@ -109,7 +109,7 @@ def _affinity_and_search(spec: Any, cfg: PipelineConfig, config: TrainConfig, st
             tree_file = layout.search_tree(name)
             tree_file.parent.mkdir(exist_ok=True)
             p["tree"].save(tree_file)
-            runs[p["tree"]] = {"name": name, "config": config_for(f"tree:{tree_file}"),
+            runs[p["tree"]] = {"name": name, "config": spec.train_config(f"tree:{tree_file}"),
                                "extra": {"budget": p["budget"], "cost": p["cost"], "strategy": p["strategy"]}}
     return aff_path, picks, runs
 
@@ -125,7 +125,6 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
     spec = resolve_pipeline(cfg)  # every option checked before any work starts
     space, layout, out = spec.space, spec.layout, spec.out
     budgets, baselines, k = spec.budgets, spec.baselines, spec.k
-    config = spec.train_config()
     cfg.executor.validate()
     if spec.force:
         layout.clear_outputs()
@@ -171,7 +170,7 @@ def run_pipeline(cfg: PipelineConfig) -> Dict[str, Any]:
         executor, [baseline_job(space, n, config_for(n), out, cfg.device) for n in from_singles])))
 
     try:
-        aff_path, picks, runs = _affinity_and_search(spec, cfg, config, stage, config_for)
+        aff_path, picks, runs = _affinity_and_search(spec, cfg, stage)
     except Exception:  # (Ctrl-C reaches the workers too: their jobs checkpoint and stop)
         abandon(list(base_futures.values()))  # the baselines in flight end before this raises
         raise
