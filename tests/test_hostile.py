@@ -486,8 +486,9 @@ def test_a_locked_run_directory_is_refused(trained, ws, capsys):
 # --------------------------------------------------------------------------- bad dataset files
 
 
-def _nyuv2_space(ws, root):
-    return ws.write("nyu.toml", f"""
+def _dataset_space(ws, file, dataset, tasks):
+    """A one-epoch 8x8 smallcnn space over ``dataset`` (its TOML table body) and ``tasks``."""
+    return ws.write(file, f"""
 [backbone]
 name = "smallcnn"
 widths = [4, 8]
@@ -495,17 +496,19 @@ strides = [2, 2]
 [input]
 size = [8, 8]
 [dataset]
-name = "nyuv2"
-root = "{root}"
-[[tasks]]
-name = "depth"
-type = "depth"
+{dataset}
+{tasks}
 [training]
 epochs = 1
 batch_size = 2
 threads = 1
 progress = false
 """)
+
+
+def _nyuv2_space(ws, root):
+    return _dataset_space(ws, "nyu.toml", f'name = "nyuv2"\nroot = "{root}"',
+                          '[[tasks]]\nname = "depth"\ntype = "depth"')
 
 
 def _nyuv2(ws, spoil):  # spoils the val split: every val sample is read (train may be subsampled)
@@ -561,26 +564,9 @@ def test_empty_celeba_split_is_an_error(ws, capsys):
         Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(root / "img_align_celeba" / n)
     (root / "list_attr_celeba.txt").write_text("4\nSmiling Young\n" + "".join(f"{n} 1 -1\n" for n in names))
     (root / "list_eval_partition.txt").write_text("".join(f"{n} 0\n" for n in names))  # no val images
-    space = ws.write("celeba.toml", f"""
-[backbone]
-name = "smallcnn"
-widths = [4, 8]
-strides = [2, 2]
-[input]
-size = [8, 8]
-[dataset]
-name = "celeba"
-root = "{root}"
-resolution = [8, 8]
-[[tasks]]
-name = "smiling"
-type = "binary"
-[training]
-epochs = 1
-batch_size = 2
-threads = 1
-progress = false
-""")
+    space = _dataset_space(ws, "celeba.toml",
+                           f'name = "celeba"\nroot = "{root}"\nresolution = [8, 8]',
+                           '[[tasks]]\nname = "smiling"\ntype = "binary"')
     before = snapshot(ws.root)
     line = assert_refused(ws, ["train-single", "--space", space, "--out", ws.out], capsys, before)
     assert "val split is empty" in line
